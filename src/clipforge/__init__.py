@@ -1,0 +1,55 @@
+"""clipforge: CLIP and the systems built on it.
+
+>>> import clipforge
+>>> model = clipforge.create_model("tiny-vit")
+>>> tokens = clipforge.tokenize(["a photo of a cat"])
+>>> model.encode_text(tokens).shape
+torch.Size([1, 128])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .checkpoints import load, save
+from .config import CLIPConfig, TextConfig, VisionConfig
+from .errors import (CheckpointError, ClipforgeError, ConfigError, ImageError, TokenizerError,
+                     UnknownModelError)
+from .losses import clip_loss, siglip_loss
+from .models import CLIP, CLIPOutput
+from .presets import get_config, list_models
+from .tokenizer import Tokenizer, get_tokenizer, tokenize
+from .transforms import image_transform, load_image
+
+__version__ = "0.1.0"
+
+
+def create_model(name: str | CLIPConfig, seed: int | None = None, **overrides: Any) -> CLIP:
+    """A randomly initialised CLIP model from a preset name (or a CLIPConfig).
+
+    `overrides` replace config fields; towers take dicts: `create_model("ViT-B-32", text={"layers": 6})`.
+    An unknown option raises ConfigError naming the valid ones.
+    """
+    import torch
+
+    cfg = get_config(name) if isinstance(name, str) else name
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return CLIP(cfg)
+    return CLIP(cfg)
+
+
+def preprocess(model: CLIP, train: bool = False) -> Any:
+    """The image transform matching `model`'s input resolution."""
+    return image_transform(model.image_size, train=train)
+
+
+__all__ = [
+    "CLIP", "CLIPConfig", "CLIPOutput", "CheckpointError", "ClipforgeError", "ConfigError", "ImageError",
+    "TextConfig", "Tokenizer", "TokenizerError", "UnknownModelError", "VisionConfig", "clip_loss",
+    "create_model", "get_config", "get_tokenizer", "image_transform", "list_models", "load", "load_image",
+    "preprocess", "save", "siglip_loss", "tokenize",
+]

@@ -1,0 +1,34 @@
+"""Transformer MLP and the activations CLIP checkpoints were trained with."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP weights were trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def make_act(name: str) -> nn.Module:
+    if name == "quick_gelu":
+        return QuickGELU()
+    if name == "gelu":
+        return nn.GELU()
+    raise ValueError(f"unknown activation {name!r}; use 'gelu' or 'quick_gelu'")
+
+
+class Mlp(nn.Module):
+    """Linear -> activation -> Linear (names `c_fc`, `c_proj` as in OpenAI checkpoints)."""
+
+    def __init__(self, width: int, hidden: int, act: str) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(width, hidden)
+        self.gelu = make_act(act)
+        self.c_proj = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.gelu(self.c_fc(x)))
