@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import tempfile
 import warnings
@@ -51,7 +50,7 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         return read_torchscript_state_dict(str(path)), {}
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:  # torch.load raises many types for foreign files (KeyError, EOFError, ...)
         raise CheckpointError(
             f"{path} is not a checkpoint clipforge can read (safetensors, a torch state dict or a TorchScript "
             f"archive); torch.load(weights_only=True) said: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
@@ -120,10 +119,15 @@ def infer_config(sd: dict[str, torch.Tensor], act: str = "quick_gelu") -> CLIPCo
         raise CheckpointError(f"cannot infer the architecture: weight {e.args[0]!r} is missing") from e
 
 
+def _collapse_blocks(keys: set[str]) -> list[str]:
+    """Sorted keys, with whole missing/extra blocks shown once as `...resblocks.4.*`."""
+    return sorted({re.sub(r"(resblocks|layer\d)\.(\d+)\..*", r"\1.\2.*", k) for k in keys})
+
+
 def _check_and_load(model: CLIP, sd: dict[str, torch.Tensor], source: str) -> None:
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
+    missing = _collapse_blocks(set(expected) - set(sd))
+    unexpected = _collapse_blocks(set(sd) - set(expected))
     wrong = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
              for k in expected if k in sd and sd[k].shape != expected[k].shape]
     if missing or unexpected or wrong:

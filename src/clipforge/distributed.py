@@ -18,15 +18,35 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward sums every rank's gradient and keeps this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = x.contiguous()
+        ctx.n, ctx.rank = x.shape[0], dist.get_rank()
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.clone(memory_format=torch.contiguous_format)  # reduced in place below
+        if dist.get_backend() == "nccl":
+            out = torch.empty((ctx.n, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
+            dist.reduce_scatter_tensor(out, grad)
+            return out
+        dist.all_reduce(grad)  # gloo has no reduce-scatter
+        return grad.narrow(0, ctx.rank * ctx.n, ctx.n)
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate `x` from every rank along dim 0, in rank order, differentiably.
 
-    Backward sums the gradients of all ranks for each shard, so the gradient reaching a rank's
-    features is world_size x the gradient of the (identical) loss on one rank; DDP's gradient
-    averaging divides that factor back out. Single-process: returns `x` unchanged.
+    Every rank must pass the same number of rows. Backward sums the gradients of all ranks for each
+    shard, so the gradient reaching a rank's features is world_size x the gradient of the (identical)
+    loss on one rank; DDP's gradient averaging divides that factor back out. Single-process: `x`.
     """
     if not is_distributed() or world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return _GatherWithGrad.apply(x)

@@ -1,0 +1,93 @@
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import clipforge
+from clipforge.losses import clip_loss, siglip_loss
+
+# image embeddings e1, e2, e3 and text embeddings e1, e2, e1 (all unit vectors); scale 2.
+IMAGE = torch.eye(3)
+TEXT = torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 0, 0]])
+
+
+def test_clip_loss_hand_computed_3x3():
+    # logits = 2 * IMAGE @ TEXT.T = [[2,0,2],[0,2,0],[0,0,0]]
+    e2 = math.exp(2)
+    rows = [-2 + math.log(2 * e2 + 1), -2 + math.log(e2 + 2), math.log(3)]  # image -> text, labels 0,1,2
+    cols = [-2 + math.log(e2 + 2), -2 + math.log(e2 + 2), math.log(e2 + 2)]  # text -> image
+    expected = (sum(rows) / 3 + sum(cols) / 3) / 2
+    assert clip_loss(IMAGE, TEXT, 2.0).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_siglip_loss_hand_computed_3x3():
+    # logits = 2 * sim - 1 = [[1,-1,1],[-1,1,-1],[-1,-1,-1]]; +1 on the diagonal, -1 elsewhere
+    ls = lambda x: -math.log1p(math.exp(-x))  # noqa: E731  log sigmoid
+    expected = -(7 * ls(1) + 2 * ls(-1)) / 3
+    assert siglip_loss(IMAGE, TEXT, 2.0, -1.0).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_perfect_alignment_gives_low_loss():
+    x = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    assert clip_loss(x, x, 100.0).item() < clip_loss(x, x.roll(1, 0), 100.0).item()
+
+
+# ------------------------------------------------------------------------- two-process equivalence
+N, D, WORLD = 8, 16, 2
+
+
+def _features(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.nn.functional.normalize(torch.randn(N, D, generator=g), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(N, D, generator=g), dim=-1)
+    return image, text
+
+
+def _reference(kind: str):
+    image, text = (t.clone().requires_grad_(True) for t in _features())
+    scale = torch.tensor(10.0, requires_grad=True)
+    loss = clip_loss(image, text, scale) if kind != "siglip" else siglip_loss(image, text, scale, -2.0)
+    loss.backward()
+    return loss.detach(), image.grad, text.grad, scale.grad
+
+
+def _worker(rank: int, init_file: str, kind: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    image, text = _features()
+    n = N // WORLD
+    image = image[rank * n : (rank + 1) * n].clone().requires_grad_(True)
+    text = text[rank * n : (rank + 1) * n].clone().requires_grad_(True)
+    scale = torch.tensor(10.0, requires_grad=True)
+    if kind == "siglip":
+        loss = siglip_loss(image, text, scale, -2.0, gather=True)
+    else:
+        loss = clip_loss(image, text, scale, gather=True, local_loss=(kind == "local"))
+    loss.backward()
+    torch.save({"loss": loss.detach(), "image": image.grad, "text": text.grad, "scale": scale.grad}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("kind", ["global", "local", "siglip"])
+def test_two_process_gloo_matches_single_process(tmp_path, kind):
+    out = str(tmp_path / "res")
+    mp.spawn(_worker, args=(str(tmp_path / "init"), kind, out), nprocs=WORLD, join=True)
+    res = [torch.load(f"{out}.{r}", weights_only=True) for r in range(WORLD)]
+    loss, g_image, g_text, g_scale = _reference(kind)
+    # the mean of the per-rank losses is the loss of the global batch (identical on every rank when global)
+    assert torch.stack([r["loss"] for r in res]).mean().item() == pytest.approx(loss.item(), abs=1e-5)
+    if kind == "global":
+        assert all(r["loss"].item() == pytest.approx(loss.item(), abs=1e-5) for r in res)
+    # feature gradients arrive world_size x (DDP's averaging divides that out); the scale's gradient
+    # is not gathered, so its mean over ranks (DDP's average) is the single-process gradient
+    n = N // WORLD
+    for r, got in enumerate(res):
+        torch.testing.assert_close(got["image"] / WORLD, g_image[r * n : (r + 1) * n], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(got["text"] / WORLD, g_text[r * n : (r + 1) * n], atol=1e-6, rtol=1e-5)
+    mean_scale_grad = torch.stack([r["scale"] for r in res]).mean()
+    torch.testing.assert_close(mean_scale_grad, g_scale, atol=1e-6, rtol=1e-5)
+
+
+def test_loss_is_exported():
+    assert clipforge.clip_loss is clip_loss and clipforge.siglip_loss is siglip_loss
