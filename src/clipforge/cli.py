@@ -65,9 +65,95 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import clipforge
+    from clipforge.config import parse_overrides
+    from clipforge.data import build_dataset
+    from clipforge.tasks import CLIPTask
+    from clipforge.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        out=args.out, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, accum_steps=args.accum_steps,
+        lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip or None,
+        precision=args.precision, grad_checkpointing=args.grad_checkpointing, lock_image=args.lock_image,
+        lock_image_unlocked=args.lock_image_unlocked, lock_text=args.lock_text,
+        lock_text_unlocked=args.lock_text_unlocked, seed=args.seed, workers=args.workers, log_every=args.log_every,
+        checkpoint_every_s=args.checkpoint_every, checkpoint_every_steps=args.checkpoint_every_steps,
+        on_nan=args.on_nan, resume=args.resume, progress=not args.no_progress,
+    )
+    model = clipforge.create_model(args.model, seed=args.seed, **parse_overrides(args.set))
+    size = model.config.vision.image_size
+    dataset, info = build_dataset(args.data, clipforge.image_transform(size, train=True), size, seed=args.seed)
+    if info.get("uncaptioned_images"):
+        print(f"note: {info['uncaptioned_images']} images have no caption file and are not used", file=sys.stderr)
+    result = train(CLIPTask(model, setup=cfg), dataset, cfg)
+    from clipforge.distributed import rank, world_size
+
+    if rank() == 0:
+        path = clipforge.save(model, f"{args.out}/model.safetensors")
+        losses = [r["loss"] for r in result.history if r.get("loss") is not None]
+        print(json.dumps({
+            "steps": result.step, "world_size": world_size(), "seconds": round(result.seconds, 1), "samples_per_s": round(result.samples_per_s, 1),
+            "first_logged_loss": losses[0] if losses else None, "final_loss": result.final_loss,
+            "skipped_samples": result.skipped_samples, "skipped_steps": result.skipped_steps,
+            "data_wait_frac": round(result.data_wait_frac, 4), "model": str(path),
+            "metrics": f"{args.out}/metrics.jsonl", "plot": f"{args.out}/curves.png",
+        }))
+    return 0
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="preset name (see `clipforge models`)")
+    p.add_argument("--data", required=True, help="synthetic[:n=..,size=..], a .csv/.tsv, a caption folder or .tar shards")
+    p.add_argument("--out", required=True, help="output folder")
+    length = p.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=int)
+    length.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", type=int, default=64, help="global batch (all ranks and micro-batches)")
+    p.add_argument("--accum-steps", type=int, default=1, help="micro-batches per step (exact for the contrastive loss)")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--weight-decay", type=float, default=0.2)
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 5%% of steps)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--lock-image", action="store_true", help="freeze the image tower (LiT)")
+    p.add_argument("--lock-image-unlocked", type=int, default=0, help="...but train its last N blocks")
+    p.add_argument("--lock-text", action="store_true", help="freeze the text tower")
+    p.add_argument("--lock-text-unlocked", type=int, default=0, help="...but train its last N blocks")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="data-loading processes per rank")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--checkpoint-every", type=float, default=60.0, help="seconds between checkpoints")
+    p.add_argument("--checkpoint-every-steps", type=int, default=None)
+    p.add_argument("--on-nan", choices=["stop", "skip"], default="stop")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model config field, e.g. --set text.layers=6 --set vision.image_size=32")
+    p.set_defaults(func=_train)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Unknown options name the close valid ones instead of only saying 'unrecognized'."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns, extra = super().parse_known_args(args, namespace)
+        bad = [a.split("=")[0] for a in extra if a.startswith("--")]
+        if bad:
+            import difflib
+
+            sub = getattr(ns, "_parser", self)
+            valid = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+            hints = {b: difflib.get_close_matches(b, valid, n=2) for b in bad}
+            msg = "; ".join(f"{b} (did you mean {' or '.join(h)}?)" if h else b for b, h in hints.items())
+            self.error(f"unknown option(s): {msg}. Valid options: {' '.join(sorted(valid))}")
+        return ns, extra
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clipforge", description="CLIP models: train, load, convert, evaluate.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="clipforge", description="CLIP models: train, load, convert, evaluate.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=argparse.ArgumentParser)
     p = sub.add_parser("demo", help="zero-shot demo on drawn shapes (random weights)")
     p.add_argument("--model", default="tiny-vit")
     p.add_argument("--seed", type=int, default=0)
@@ -81,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="preset naming the architecture where weights cannot tell it")
     p.add_argument("--act", default=None, choices=["gelu", "quick_gelu"])
     p.set_defaults(func=_convert)
+    p = sub.add_parser("train", help="train a CLIP model (runs under torchrun too)")
+    _add_train_args(p)
+    p.set_defaults(_parser=p)
     return parser
 
 

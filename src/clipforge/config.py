@@ -139,3 +139,42 @@ def _build(cls: type, d: Mapping[str, Any] | Any, where: str) -> Any:
         raise ConfigError(f"{where or cls.__name__} must be a mapping, got {type(d).__name__}")
     _known(cls, d, where)
     return cls(**d)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["text.layers=6", "embed_dim=256"]` -> `{"text": {"layers": 6}, "embed_dim": 256}`, each value
+    converted to its field's type; unknown fields raise ConfigError naming the valid ones."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. text.layers=6)")
+        where, _, name = key.rpartition(".")
+        cls = {"": CLIPConfig, "vision": VisionConfig, "text": TextConfig}.get(where)
+        if cls is None:
+            raise ConfigError(f"unknown config section {where!r} in {item!r}; valid: vision, text or none")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if name not in fields or name in ("vision", "text"):
+            _known(cls, {name: None} if name not in fields else {}, where)
+            raise ConfigError(f"{key} is a section; set its fields, e.g. {key}.width=256")
+        default = getattr(cls(), name) if cls is not CLIPConfig else getattr(CLIPConfig(), name)
+        value = _convert(raw, default, key)
+        (out.setdefault(where, {}) if where else out)[name] = value
+    return out
+
+
+def _convert(raw: str, like: Any, key: str) -> Any:
+    try:
+        if isinstance(like, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return raw.lower() in ("true", "1")
+        if isinstance(like, tuple) or (isinstance(like, int) and "," in raw):
+            return tuple(int(v) for v in raw.split(","))
+        if isinstance(like, int) and not isinstance(like, bool):
+            return int(raw)
+        if isinstance(like, float):
+            return float(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r}: expected a value like {like!r}") from None

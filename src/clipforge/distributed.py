@@ -40,6 +40,39 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad.narrow(0, ctx.rank * ctx.n, ctx.n)
 
 
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL when
+    CUDA is available, else gloo. Without torchrun: rank 0 of 1, on CUDA if available."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    if world > 1 and not is_distributed():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    return rank(), world_size(), torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+
+
+def mean_across_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Mean of a scalar over ranks (itself when not distributed)."""
+    if not is_distributed():
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / world_size()
+
+
+def any_across_ranks(flag: bool) -> bool:
+    """True on every rank if it is True on any (keeps collective decisions in step)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor(float(flag))
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate `x` from every rank along dim 0, in rank order, differentiably.
 

@@ -104,24 +104,25 @@ class ImageTransform:
         self.scale = scale
         self.rng = random.Random(seed)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        """Transform one image; training crops draw from `rng` if given (reproducible per sample)."""
         image = _prepare(image)
         if self.train:
-            image = self.random_resized_crop(image)
+            image = self.random_resized_crop(image, rng or self.rng)
         else:
             image = center_crop(resize_shorter(image, self.image_size), self.image_size)
         return _to_tensor(image, self.mean, self.std)
 
-    def random_resized_crop(self, image: Image.Image) -> Image.Image:
+    def random_resized_crop(self, image: Image.Image, rng: random.Random) -> Image.Image:
         """Crop a random area fraction in `scale` with aspect ratio in [3/4, 4/3], resize to n x n."""
         w, h = image.size
         area = w * h
         for _ in range(10):
-            target = area * self.rng.uniform(*self.scale)
-            ratio = math.exp(self.rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+            target = area * rng.uniform(*self.scale)
+            ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
             cw, ch = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
             if 0 < cw <= w and 0 < ch <= h:
-                left, top = self.rng.randint(0, w - cw), self.rng.randint(0, h - ch)
+                left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
                 break
         else:  # fall back to the largest centred square
             cw = ch = min(w, h)

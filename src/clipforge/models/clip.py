@@ -58,8 +58,8 @@ class CLIP(nn.Module):
 
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> CLIPOutput:
         return CLIPOutput(
-            image_embeds=F.normalize(self.encode_image(images), dim=-1),
-            text_embeds=F.normalize(self.encode_text(text), dim=-1),
+            image_embeds=F.normalize(self.encode_image(images).float(), dim=-1),  # fp32 under autocast too
+            text_embeds=F.normalize(self.encode_text(text).float(), dim=-1),
             logit_scale=self.scale(),
         )
 

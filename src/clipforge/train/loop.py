@@ -1,0 +1,264 @@
+"""One generic training loop.
+
+A task supplies `forward(model, batch) -> dict[str, Tensor]` (per-sample outputs with a leading batch
+dimension, and scalars) and `loss(outputs) -> dict[str, Tensor]` of named losses (summed to the
+objective). Splitting the two lets the loop accumulate gradients *exactly* for batch-coupled losses
+such as the contrastive loss: outputs of all micro-batches are computed without gradients, the loss
+is back-propagated to those cached outputs once, and each micro-batch is then re-run and
+back-propagated with its slice of the cached gradient (gradient caching, Gao et al. 2021).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, IterableDataset
+
+from .. import distributed as D
+from ..errors import ClipforgeError
+from .checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
+from .config import TrainConfig
+from .optim import build_optimizer, cosine_schedule
+from .report import MetricsLog, plot_curves
+
+
+class TrainingError(ClipforgeError, RuntimeError):
+    """Training cannot continue (non-finite loss, ...)."""
+
+
+class Task(Protocol):
+    model: nn.Module
+
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
+    def loss(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass
+class TrainResult:
+    step: int
+    final_loss: float
+    seconds: float
+    samples_per_s: float
+    skipped_samples: int
+    skipped_steps: int
+    data_wait_frac: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _split(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+    n = len(batch["images"]) if "images" in batch else next(len(v) for v in batch.values() if isinstance(v, torch.Tensor))
+    size = n // parts
+    return [{k: v[i * size:(i + 1) * size] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
+            for i in range(parts)]
+
+
+class _Stepper:
+    """Computes gradients for one global step (plain or gradient-cached accumulation)."""
+
+    def __init__(self, task: Task, model: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+        self.task, self.model, self.cfg, self.device = task, model, cfg, device
+
+    def _forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        bf16 = self.cfg.precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return self.task.forward(self.model, batch)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if self.cfg.accum_steps == 1:
+            losses = self.task.loss(self._forward(batch))
+            sum(losses.values()).backward()
+            return {k: v.detach() for k, v in losses.items()}
+        return self._cached(batch)
+
+    def _cached(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        chunks = _split(batch, self.cfg.accum_steps)
+        with torch.no_grad():
+            cached = [self._forward(c) for c in chunks]
+        leaves = {k: (torch.cat([c[k].float() for c in cached]) if cached[0][k].ndim else cached[0][k].float())
+                  .requires_grad_(True) for k in cached[0]}
+        losses = self.task.loss(leaves)
+        sum(losses.values()).backward()
+        sizes = [len(c[next(k for k in cached[0] if cached[0][k].ndim)]) for c in cached]
+        offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        no_sync = getattr(self.model, "no_sync", None)
+        for j, chunk in enumerate(chunks):
+            ctx = no_sync() if no_sync is not None and j < len(chunks) - 1 else contextlib.nullcontext()
+            with ctx:
+                out = self._forward(chunk)
+                tensors, grads = [], []
+                for k, leaf in leaves.items():
+                    if leaf.grad is None:
+                        continue
+                    g = leaf.grad[offsets[j]:offsets[j] + sizes[j]] if leaf.ndim else leaf.grad / len(chunks)
+                    tensors.append(out[k])
+                    grads.append(g.to(out[k].dtype))
+                torch.autograd.backward(tensors, grads)
+        return {k: v.detach() for k, v in losses.items()}
+
+
+def _total_steps(cfg: TrainConfig, dataset: Dataset) -> int:
+    if cfg.steps is not None:
+        return cfg.steps
+    if isinstance(dataset, IterableDataset):
+        raise ClipforgeError("--epochs needs a dataset of known size; give --steps for WebDataset streams")
+    return max(1, math.ceil(cfg.epochs * len(dataset) / cfg.batch_size))
+
+
+class _Trainer:
+    def __init__(self, task: Task, dataset: Dataset, cfg: TrainConfig, evaluate: Any = None) -> None:
+        from ..data.loader import make_loader
+
+        self.task, self.cfg, self.evaluate = task, cfg, evaluate
+        self.rank, self.world, self.device = D.init_distributed()
+        if cfg.batch_size % (self.world * cfg.accum_steps):
+            raise ClipforgeError(f"batch size {cfg.batch_size} must divide by world size x accum_steps "
+                                 f"({self.world} x {cfg.accum_steps})")
+        torch.manual_seed(cfg.seed)
+        self.out = Path(cfg.out)
+        self.ckpt_path = self.out / "checkpoints" / "last.pt"
+        self.total = _total_steps(cfg, dataset)
+        self.model = task.model.to(self.device)
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model)
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
+        warmup = cfg.warmup if cfg.warmup is not None else min(500, max(1, self.total // 20))
+        self.scheduler = cosine_schedule(self.optimizer, warmup, self.total)
+        self.step, self.skipped_samples, self.skipped_steps = 0, 0, 0
+        if cfg.resume and self.ckpt_path.exists():
+            self._restore()
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.rank == 0, truncate_after=self.step)
+        self.loader = make_loader(dataset, cfg.batch_size, self.rank, self.world, cfg.seed, self.step,
+                                  cfg.workers, getattr(task, "context_length", 77))
+        self.stepper = _Stepper(task, self.ddp, cfg, self.device)
+
+    def _restore(self) -> None:
+        state = load_training_state(self.ckpt_path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.skipped_samples = int(state.get("skipped_samples", 0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        set_rng_state(state["rng"])
+
+    def _save(self) -> None:
+        if self.rank == 0:
+            save_training_state(self.ckpt_path, {
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": self.step, "rng": rng_state(),
+                "samples_seen": self.step * self.cfg.batch_size, "skipped_samples": self.skipped_samples,
+                "skipped_steps": self.skipped_steps, "train_config": json.dumps(self.cfg.to_dict()),
+            })
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def _optimiser_step(self, losses: dict[str, torch.Tensor]) -> tuple[float, float | None]:
+        total = D.mean_across_ranks(sum(losses.values()).float())
+        if not torch.isfinite(total):
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.cfg.on_nan == "stop":
+                raise TrainingError(
+                    f"loss is {total.item()} at step {self.step + 1}; stopping without saving (the last good "
+                    f"checkpoint, if any, is {self.ckpt_path}). Lower the learning rate, use --precision fp32, "
+                    "or pass --on-nan skip to skip such steps.")
+            self.skipped_steps += 1
+            return float("nan"), None
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if hasattr(self.task, "after_step"):
+            self.task.after_step(self.model)
+        return total.item(), float(norm)
+
+    def run(self) -> TrainResult:
+        from tqdm import tqdm
+
+        cfg, start_step, t_start = self.cfg, self.step, time.perf_counter()
+        bar = tqdm(total=self.total, initial=self.step, disable=not cfg.progress or self.rank != 0,
+                   unit="step", dynamic_ncols=True)
+        it: Iterator[dict[str, Any]] = iter(self.loader)
+        last_ckpt, wait, window_t, window_n, loss = time.perf_counter(), 0.0, time.perf_counter(), 0, float("nan")
+        window_loss = 0.0
+        self.model.train()
+        while self.step < self.total:
+            t0 = time.perf_counter()
+            batch = next(it)
+            wait += time.perf_counter() - t0
+            self.skipped_samples += int(batch.get("skipped", 0))
+            losses = self.stepper(_to(batch, self.device))
+            loss, grad_norm = self._optimiser_step(losses)
+            self.step += 1
+            window_n += 1
+            window_loss += loss
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == self.total:
+                elapsed = time.perf_counter() - window_t
+                row = self._log_row(losses, window_loss / window_n, grad_norm, window_n * cfg.batch_size / elapsed,
+                                    wait / elapsed)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{row['lr']:.2e}", T=f"{row.get('scale', 0):.1f}",
+                                **{"img/s": f"{row['samples_per_s']:.0f}"})
+                window_t, window_n, wait, window_loss = time.perf_counter(), 0, 0.0, 0.0
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total:
+                self._evaluate()
+            due = time.perf_counter() - last_ckpt >= cfg.checkpoint_every_s or (
+                cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0)
+            if D.any_across_ranks(bool(due)):
+                self._save()
+                last_ckpt = time.perf_counter()
+        bar.close()
+        del it
+        self._save()
+        self._evaluate()
+        if self.rank == 0:
+            plot_curves(self.metrics.rows, self.out / "curves.png")
+        seconds = time.perf_counter() - t_start
+        done = self.step - start_step
+        rows = self.metrics.rows
+        return TrainResult(self.step, loss, seconds, done * cfg.batch_size / max(seconds, 1e-9), self.skipped_samples,
+                           self.skipped_steps, sum(r.get("data_wait_frac", 0) for r in rows) / max(1, len(rows)), rows)
+
+    def _log_row(self, losses: dict[str, torch.Tensor], loss: float, grad_norm: float | None,
+                 samples_per_s: float, wait_frac: float) -> dict[str, Any]:
+        # `loss` is the mean over the steps since the previous row
+        row: dict[str, Any] = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                               "samples_per_s": samples_per_s, "data_wait_frac": wait_frac,
+                               "skipped_samples": self.skipped_samples, "skipped_steps": self.skipped_steps}
+        if len(losses) > 1:
+            row.update({f"loss/{k}": D.mean_across_ranks(v.float()).item() for k, v in losses.items()})
+        if grad_norm is not None:
+            row["grad_norm"] = grad_norm
+        row["param_norm"] = float(torch.sqrt(sum((p.detach().float() ** 2).sum() for p in self.model.parameters())))
+        if hasattr(self.task, "log_values"):
+            row.update(self.task.log_values(self.model))
+        self.metrics.append(row)
+        return row
+
+    def _evaluate(self) -> None:
+        if self.evaluate is None or self.rank != 0:
+            return
+        self.model.eval()
+        with torch.no_grad():
+            results = self.evaluate(self.model)
+        self.model.train()
+        self.metrics.append({"step": self.step, **{f"eval/{k}": v for k, v in results.items()}})
+
+
+def train(task: Task, dataset: Dataset, cfg: TrainConfig, evaluate: Any = None) -> TrainResult:
+    """Train `task.model` on `dataset` as `cfg` says; runs under torchrun as well as in one process.
+
+    `evaluate(model) -> dict[str, float]`, if given, runs every `cfg.eval_every` steps and at the end.
+    """
+    return _Trainer(task, dataset, cfg, evaluate).run()

@@ -1,0 +1,55 @@
+"""AdamW with the CLIP paper's parameter groups, cosine schedule with warm-up, tower locking."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def no_decay(name: str, param: torch.Tensor) -> bool:
+    """Gains, biases, embeddings and the temperature are not weight-decayed."""
+    return param.ndim < 2 or "embedding" in name or name.endswith("logit_scale")
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
+                    eps: float) -> torch.optim.AdamW:
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (plain if no_decay(name, p) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the peak, then cosine decay to zero at `total`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def lock_tower(tower: nn.Module, unlocked: int = 0) -> None:
+    """Freeze a tower except its last `unlocked` blocks (ViT/text) or stages (ResNet) and its head."""
+    for p in tower.parameters():
+        p.requires_grad_(False)
+    if unlocked <= 0:
+        return
+    if hasattr(tower, "transformer"):
+        groups: list[nn.Module] = list(tower.transformer.resblocks)
+        heads = [getattr(tower, n) for n in ("ln_post", "ln_final") if hasattr(tower, n)]
+        params = [getattr(tower, n) for n in ("proj", "text_projection") if hasattr(tower, n)]
+    else:  # ModifiedResNet
+        groups = [tower.layer1, tower.layer2, tower.layer3, tower.layer4]
+        heads, params = [tower.attnpool], []
+    for module in groups[-unlocked:] + heads:
+        for p in module.parameters():
+            p.requires_grad_(True)
+    for p in params:
+        p.requires_grad_(True)

@@ -1,0 +1,224 @@
+"""Training: loss falls, every data source works, exact accumulation, 2-process equality, kill-and-resume,
+NaN handling, locking, and the run's outputs (metrics lines, plot, final model)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+import clipforge
+from clipforge.data import build_dataset
+from clipforge.data.export import write_csv_folder, write_webdataset
+from clipforge.data.synthetic import SyntheticWorld
+from clipforge.tasks import CLIPTask
+from clipforge.train import TrainConfig, TrainingError, train
+from clipforge.train.loop import _Stepper
+
+SMALL = ["vision.image_size=32", "vision.layers=2", "text.layers=2"]
+SMALL_KW = dict(vision={"image_size": 32, "layers": 2}, text={"layers": 2})
+
+
+def _cli(*args, timeout=600):
+    cmd = [sys.executable, "-m", "clipforge.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _train_args(out, data="synthetic:n=2000", steps=8, *extra):
+    sets = [a for s in SMALL for a in ("--set", s)]
+    return ["train", "--model", "tiny-vit", "--data", data, "--out", str(out), "--steps", str(steps),
+            "--batch-size", "16", "--workers", "0", "--no-progress", "--log-every", "1", *sets, *extra]
+
+
+def _rows(out):
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _run(tmp_path, name, **kw):
+    model = clipforge.create_model("tiny-vit", seed=0, **SMALL_KW)
+    ds, _ = build_dataset(kw.pop("data", "synthetic:n=1000"), clipforge.image_transform(32, train=True), 32)
+    opts = {"steps": 6, "lr": 1e-3, "precision": "fp32", "batch_size": 32, "log_every": 1, **kw}
+    cfg = TrainConfig(out=str(tmp_path / name), workers=0, progress=False, **opts)
+    return model, train(CLIPTask(model, setup=cfg), ds, cfg)
+
+
+def test_loss_falls_and_outputs_are_written(tmp_path):
+    model, res = _run(tmp_path, "run", steps=60, precision="bf16", batch_size=32, log_every=10)
+    losses = [r["loss"] for r in res.history if "loss" in r]
+    assert losses[-1] < 0.6 * losses[0], losses
+    out = tmp_path / "run"
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == list(range(10, 61, 10))
+    assert all("loss" in r and "lr" in r and "scale" in r and "samples_per_s" in r for r in rows)
+    assert (out / "curves.png").stat().st_size > 1000
+    assert Image.open(out / "curves.png").format == "PNG"
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 60
+
+
+def test_exact_gradient_accumulation():
+    """Gradients from 4 cached micro-batches equal the big-batch gradients of the contrastive loss."""
+    model = clipforge.create_model("tiny-vit", seed=0, **SMALL_KW).train()
+    ds, _ = build_dataset("synthetic:n=64", clipforge.image_transform(32), 32)
+    from clipforge.data.loader import collate
+
+    batch = collate([ds[i] for i in range(16)])
+    grads = {}
+    for accum in (1, 4):
+        model.zero_grad()
+        cfg = TrainConfig(out="unused", steps=1, batch_size=16, accum_steps=accum, precision="fp32")
+        losses = _Stepper(CLIPTask(model), model, cfg, torch.device("cpu"))(batch)
+        grads[accum] = ({n: p.grad.clone() for n, p in model.named_parameters()}, losses["contrastive"])
+    assert grads[1][1].item() == pytest.approx(grads[4][1].item(), abs=1e-6)
+    for name, g in grads[1][0].items():
+        torch.testing.assert_close(grads[4][0][name], g, atol=2e-6, rtol=1e-4, msg=name)
+    assert grads[1][0]["logit_scale"].abs() > 0
+
+
+def test_accumulated_run_matches_big_batch_run(tmp_path):
+    m1, _ = _run(tmp_path, "a1", steps=3)
+    m4, _ = _run(tmp_path, "a4", steps=3, accum_steps=4)
+    for (n, a), b in zip(m1.state_dict().items(), m4.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_locking_freezes_towers(tmp_path):
+    init = clipforge.create_model("tiny-vit", seed=0, **SMALL_KW).state_dict()
+    model, _ = _run(tmp_path, "lit", steps=3, lock_image=True)
+    after = model.state_dict()
+    assert all(torch.equal(init[k], after[k]) for k in init if k.startswith("visual."))
+    assert not torch.equal(init["text.text_projection"], after["text.text_projection"])
+    model, _ = _run(tmp_path, "lit1", steps=3, lock_image=True, lock_image_unlocked=1)
+    after = model.state_dict()
+    assert torch.equal(init["visual.transformer.resblocks.0.attn.in_proj_weight"],
+                       after["visual.transformer.resblocks.0.attn.in_proj_weight"])
+    assert not torch.equal(init["visual.transformer.resblocks.1.attn.in_proj_weight"],
+                           after["visual.transformer.resblocks.1.attn.in_proj_weight"])
+    assert not torch.equal(init["visual.proj"], after["visual.proj"])
+
+
+class _NanAt(CLIPTask):
+    def __init__(self, model, bad_step):
+        super().__init__(model)
+        self.calls, self.bad_step = 0, bad_step
+
+    def loss(self, outputs):
+        self.calls += 1
+        losses = super().loss(outputs)
+        return {k: v * float("nan") for k, v in losses.items()} if self.calls == self.bad_step else losses
+
+
+def test_nan_loss_stops_with_step_or_is_skipped(tmp_path):
+    ds, _ = build_dataset("synthetic:n=200", clipforge.image_transform(32), 32)
+    model = clipforge.create_model("tiny-vit", seed=0, **SMALL_KW)
+    cfg = TrainConfig(out=str(tmp_path / "nan"), steps=6, batch_size=8, workers=0, progress=False,
+                      checkpoint_every_steps=2, precision="fp32")
+    with pytest.raises(TrainingError, match="at step 4.*--on-nan skip"):
+        train(_NanAt(model, 4), ds, cfg)
+    state = torch.load(tmp_path / "nan" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
+    model = clipforge.create_model("tiny-vit", seed=0, **SMALL_KW)
+    cfg = TrainConfig(out=str(tmp_path / "skip"), steps=6, batch_size=8, workers=0, progress=False,
+                      on_nan="skip", precision="fp32", log_every=1)
+    res = train(_NanAt(model, 4), ds, cfg)
+    assert res.step == 6 and res.skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_csv_webdataset_and_folder_sources(tmp_path):
+    world = SyntheticWorld(96, 32, seed=5)
+    csv_path = write_csv_folder(world, tmp_path / "csv")
+    shards = write_webdataset(world, tmp_path / "wds", shard_size=32)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i in range(40):
+        scene = world[i]
+        scene.image.save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(scene.caption + "\n")
+    # corrupt and truncated images, and an image without caption
+    (folder / "bad1.png").write_bytes(b"not an image at all")
+    (folder / "bad1.txt").write_text("a caption whose image is corrupt")
+    good = (folder / "0.png").read_bytes()
+    (folder / "bad2.png").write_bytes(good[: len(good) // 3])
+    (folder / "bad2.txt").write_text("a caption whose image is truncated")
+    Image.new("RGB", (8, 8)).save(folder / "nocaption.png")
+    for name, data in [("csv", str(csv_path)), ("wds", shards), ("folder", str(folder))]:
+        _, res = _run(tmp_path, name, data=data, steps=12, batch_size=16)
+        losses = [r["loss"] for r in res.history if "loss" in r]
+        assert all(torch.isfinite(torch.tensor(l)) for l in losses)
+        if name == "folder":
+            assert res.skipped_samples >= 2  # both bad images were met (12 steps x 16 > 42 pairs)
+            assert _rows(tmp_path / name)[-1]["skipped_samples"] == res.skipped_samples
+
+
+def test_cli_train_and_unknown_options(tmp_path):
+    r = _cli(*_train_args(tmp_path / "cli", steps=4))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and (tmp_path / "cli" / "model.safetensors").exists()
+    loaded = clipforge.load(tmp_path / "cli" / "model.safetensors")
+    assert loaded.config.vision.image_size == 32
+    r = _cli(*_train_args(tmp_path / "bad", steps=4), "--learning-rate", "1")
+    assert r.returncode == 2 and "--learning-rate" in r.stderr and "--lr" in r.stderr
+    r = _cli(*_train_args(tmp_path / "bad", steps=4), "--set", "text.layrs=2")
+    assert r.returncode == 2 and "text.layers" in r.stderr
+    r = _cli(*_train_args(tmp_path / "bad", data="synthetic:size=32,colour=red", steps=4))
+    assert r.returncode == 2 and "valid: n, size" in r.stderr
+
+
+def test_two_process_gloo_matches_one_process(tmp_path):
+    args = _train_args(tmp_path / "one", "synthetic:n=500", 4, "--precision", "fp32", "--lr", "1e-4")
+    r = _cli(*args)
+    assert r.returncode == 0, r.stderr
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "clipforge.cli",
+           *_train_args(tmp_path / "two", "synthetic:n=500", 4, "--precision", "fp32", "--lr", "1e-4")]
+    r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert json.loads(r2.stdout.strip().splitlines()[-1])["world_size"] == 2
+    assert json.loads(r.stdout.strip().splitlines()[-1])["world_size"] == 1
+    one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    w1, w2 = _weights(tmp_path / "one" / "model.safetensors"), _weights(tmp_path / "two" / "model.safetensors")
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], atol=2e-5, rtol=1e-4, msg=k)
+
+
+def test_sigkill_and_resume_gives_the_same_weights(tmp_path):
+    steps = 30
+    args = ("--precision", "fp32", "--checkpoint-every-steps", "3")
+    ref = _cli(*_train_args(tmp_path / "ref", "synthetic:n=1000", steps, *args))
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "clipforge.cli", *_train_args(out, "synthetic:n=1000", steps, *args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ckpt = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] >= 9:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    assert 9 <= killed_at < steps, "the run was not killed mid-way"
+    assert not [p for p in ckpt.parent.iterdir() if p.name != "last.pt"], "a temporary file was left behind"
+    res = _cli(*_train_args(out, "synthetic:n=1000", steps, *args, "--resume"))
+    assert res.returncode == 0, res.stderr
+    a, b = _weights(tmp_path / "ref" / "model.safetensors"), _weights(out / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=k)
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))  # each step logged once
