@@ -102,6 +102,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace) -> int:
+    from clipforge.data.export import write_csv_folder, write_webdataset
+    from clipforge.data.synthetic import SyntheticWorld
+
+    world = SyntheticWorld(args.n, args.size, args.split, args.seed)
+    if args.format == "csv":
+        where = write_csv_folder(world, args.out, progress=True)
+    else:
+        where = write_webdataset(world, args.out, args.shard_size, progress=True)
+    print(json.dumps({"samples": args.n, "split": args.split, "format": args.format, "data": str(where)}))
+    return 0
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="preset name (see `clipforge models`)")
     p.add_argument("--data", required=True, help="synthetic[:n=..,size=..], a .csv/.tsv, a caption folder or .tar shards")
@@ -167,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="preset naming the architecture where weights cannot tell it")
     p.add_argument("--act", default=None, choices=["gelu", "quick_gelu"])
     p.set_defaults(func=_convert)
+    p = sub.add_parser("data", help="write the synthetic world as a CSV folder or WebDataset shards")
+    p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=["csv", "wds"], default="wds")
+    p.add_argument("--n", type=int, default=10_000)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--split", choices=["train", "val", "heldout"], default="train")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-size", type=int, default=1000)
+    p.set_defaults(func=_data)
     p = sub.add_parser("train", help="train a CLIP model (runs under torchrun too)")
     _add_train_args(p)
     p.set_defaults(_parser=p)
