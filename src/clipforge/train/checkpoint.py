@@ -25,6 +25,14 @@ def save_training_state(path: Path, state: dict[str, Any]) -> None:
         raise
 
 
+def remove_stale_temporaries(path: Path) -> int:
+    """Delete temporary files a killed writer of `path` left behind; returns how many."""
+    stale = list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.exists() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 def load_training_state(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

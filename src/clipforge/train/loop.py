@@ -24,7 +24,8 @@ from torch.utils.data import Dataset, IterableDataset
 
 from .. import distributed as D
 from ..errors import ClipforgeError
-from .checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
+from .checkpoint import (load_training_state, remove_stale_temporaries, rng_state, save_training_state,
+                         set_rng_state)
 from .config import TrainConfig
 from .optim import build_optimizer, cosine_schedule
 from .report import MetricsLog, plot_curves
@@ -135,6 +136,8 @@ class _Trainer:
         warmup = cfg.warmup if cfg.warmup is not None else min(500, max(1, self.total // 20))
         self.scheduler = cosine_schedule(self.optimizer, warmup, self.total)
         self.step, self.skipped_samples, self.skipped_steps = 0, 0, 0
+        if self.rank == 0:
+            remove_stale_temporaries(self.ckpt_path)  # from a run killed while writing
         if cfg.resume and self.ckpt_path.exists():
             self._restore()
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.rank == 0, truncate_after=self.step)
