@@ -115,6 +115,59 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zeroshot(args: argparse.Namespace) -> int:
+    import torch
+
+    import clipforge
+    from clipforge.eval import zero_shot_classifier
+
+    model = clipforge.load(args.model, act=args.act) if args.model not in clipforge.list_models() else \
+        clipforge.create_model(args.model)
+    labels = [l.strip() for l in args.labels.split(",") if l.strip()]
+    if len(labels) < 2:
+        raise clipforge.ConfigError("give at least two comma-separated --labels")
+    clf = zero_shot_classifier(model, labels, args.templates)
+    preprocess = clipforge.preprocess(model)
+    results = []
+    for path in args.images:
+        with torch.no_grad():
+            feats = model.encode_image(preprocess(clipforge.load_image(path))[None])
+        top = clf.classify(feats, k=args.top)[0]
+        results.append({"image": path, "predictions": [{"label": l, "prob": round(p, 4)} for l, p in top]})
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for r in results:
+            preds = ", ".join(f"{p['label']} {p['prob']:.2f}" for p in r["predictions"])
+            print(f"{r['image']}: {preds}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import clipforge
+    from clipforge.eval.run import format_table, run_eval, write_json
+
+    model = clipforge.load(args.model, act=args.act)
+    result = run_eval(model, args.task, args.data, args.templates, model_name=args.model)
+    print(format_table(result))
+    if args.out:
+        write_json(result, args.out)
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clipforge.quickstart import run_quickstart
+
+    report = run_quickstart(args.out, minutes=args.minutes, seed=args.seed, progress=not args.no_progress)
+    print()
+    print(Path(report["files"]["report"]).read_text())
+    print(f"report: {args.out}/report.json, {args.out}/report.md")
+    return 0
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="preset name (see `clipforge models`)")
     p.add_argument("--data", required=True, help="synthetic[:n=..,size=..], a .csv/.tsv, a caption folder or .tar shards")
@@ -180,6 +233,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="preset naming the architecture where weights cannot tell it")
     p.add_argument("--act", default=None, choices=["gelu", "quick_gelu"])
     p.set_defaults(func=_convert)
+    p = sub.add_parser("quickstart", help="train a small CLIP on the synthetic world and report what it learned")
+    p.add_argument("--out", default="quickstart")
+    p.add_argument("--minutes", type=float, default=5.0, help="training budget (calibrated to this machine)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_quickstart)
+    p = sub.add_parser("zeroshot", help="classify images by text labels")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--model", required=True, help="checkpoint path (any supported format) or preset name")
+    p.add_argument("--labels", required=True, help='comma-separated class names, e.g. "cat,dog,bird"')
+    p.add_argument("--templates", default="openai80", help="built-in set (openai80, openai7, photo, bare, ...) or a file")
+    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--act", default=None, choices=["gelu", "quick_gelu"])
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_zeroshot)
+    p = sub.add_parser("eval", help="zero-shot, retrieval, linear-probe or few-shot benchmark")
+    p.add_argument("--model", required=True, help="checkpoint path (any supported format)")
+    p.add_argument("--task", required=True, choices=["zeroshot", "retrieval", "linear-probe", "fewshot"])
+    p.add_argument("--data", required=True, help="digits, synthetic[:label=shape,...], class-folder root, or caption data")
+    p.add_argument("--templates", default="photo", help="template set or file (zero-shot)")
+    p.add_argument("--act", default=None, choices=["gelu", "quick_gelu"])
+    p.add_argument("--out", default=None, help="write the JSON result here")
+    p.set_defaults(func=_eval)
     p = sub.add_parser("data", help="write the synthetic world as a CSV folder or WebDataset shards")
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=["csv", "wds"], default="wds")

@@ -37,6 +37,12 @@ _ONE = [
     "a {colour} {shape} near the {pos}", "one {size} {shape}, coloured {colour}",
     "a drawing of a {colour} {shape}", "{colour} {shape}", "a {shape} that is {colour}",
 ]
+# Captions that leave out the colour (or the shape), as real captions often leave out attributes.
+_ONE_NO_COLOUR = [
+    "a {size} {shape}", "a photo of a {shape}", "a {shape} on a {bg} background", "a {shape} in the {pos}",
+    "a drawing of a {shape}", "one {shape}",
+]
+_ONE_NO_SHAPE = ["a {colour} shape", "a {size} {colour} object", "something {colour} on a {bg} background"]
 _MANY = [
     "{list}", "a picture of {list}", "{list} on a {bg} background", "an image with {list}",
     "{n} shapes: {list}", "a photo showing {list}",
@@ -184,11 +190,15 @@ class SyntheticWorld:
         for _ in range(4):
             if len(objects) == 1:
                 o = objects[0]
-                tpl = _ONE[rng.integers(len(_ONE))]
+                u = rng.random()
+                pool = _ONE_NO_COLOUR if u < 0.3 else _ONE_NO_SHAPE if u < 0.4 else _ONE
+                tpl = pool[rng.integers(len(pool))]
                 out.append(tpl.format(size=o.size, colour=o.colour, shape=o.shape, bg=bg, pos=o.position))
                 continue
             order = rng.permutation(len(objects))
-            phrases = [f"a {objects[i].colour} {objects[i].shape}" for i in order]
+            no_colour = rng.random() < 0.3
+            phrases = [f"a {objects[i].shape}" if no_colour else f"a {objects[i].colour} {objects[i].shape}"
+                       for i in order]
             if len(objects) == 2 and rng.random() < 0.4:
                 a, b = objects[order[0]], objects[order[1]]
                 rel = "to the left of" if a.box[0] < b.box[0] else "to the right of"
