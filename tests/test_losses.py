@@ -91,3 +91,24 @@ def test_two_process_gloo_matches_single_process(tmp_path, kind):
 
 def test_loss_is_exported():
     assert clipforge.clip_loss is clip_loss and clipforge.siglip_loss is siglip_loss
+
+
+@pytest.mark.parametrize("n,chunk", [(37, 8), (64, 64), (100, 128)])
+def test_chunked_loss_equals_plain_loss_and_gradients(n, chunk):
+    from clipforge.losses import clip_loss_chunked
+
+    g = torch.Generator().manual_seed(n)
+    base_i = torch.nn.functional.normalize(torch.randn(n, 24, generator=g, dtype=torch.float64), dim=-1).float()
+    base_t = torch.nn.functional.normalize(torch.randn(n, 24, generator=g, dtype=torch.float64), dim=-1).float()
+    results = []
+    for fn in (lambda a, b, s: clip_loss(a, b, s), lambda a, b, s: clip_loss_chunked(a, b, s, chunk=chunk)):
+        img, txt = base_i.clone().requires_grad_(True), base_t.clone().requires_grad_(True)
+        scale = torch.tensor(14.0, requires_grad=True)
+        loss = fn(img, txt, scale)
+        loss.backward()
+        results.append((loss.detach(), img.grad, txt.grad, scale.grad))
+    (l1, gi1, gt1, gs1), (l2, gi2, gt2, gs2) = results
+    torch.testing.assert_close(l2, l1, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gi2, gi1, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(gt2, gt1, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(gs2, gs1, atol=1e-6, rtol=1e-4)
