@@ -1,0 +1,164 @@
+"""clipforge against Hugging Face transformers' CLIPModel on the same architecture, weights and inputs,
+in one process: training-step, image-embedding and text-embedding throughput, at bf16 (autocast on
+both sides) and fp32, with achieved FLOP/s as a fraction of this machine's measured matmul peak.
+
+    python benchmarks/vs_transformers.py --model ViT-B-32 --batch 32 --steps 5
+    python benchmarks/vs_transformers.py --model small-vit --batch 64 --steps 10
+
+Both sides get captions of 5-25 words padded to the longest caption in the batch (transformers'
+`padding=True`, its documented setting), SDPA attention, and torch.optim.AdamW(foreach=True).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+
+import clipforge
+from clipforge import hf as cf_hf
+
+WORDS = ("a photo of the red blue green small large dog cat bird car tree house person street sky water "
+         "on in near with two three old young running sitting field city beach night day white black").split()
+
+
+def captions(n: int, rng: random.Random) -> list[str]:
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 25))) for _ in range(n)]
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def build(name: str):
+    import transformers
+
+    ours = clipforge.create_model(name, seed=0)
+    cfg = cf_hf.config_to_hf(ours.config)
+    hf_cfg = transformers.CLIPConfig(text_config=cfg["text_config"], vision_config=cfg["vision_config"],
+                                     projection_dim=cfg["projection_dim"])
+    theirs = transformers.CLIPModel(hf_cfg)
+    try:
+        theirs.set_attn_implementation("sdpa")
+    except Exception:  # older transformers pick SDPA by default
+        pass
+    theirs.load_state_dict(cf_hf.clipforge_to_hf(ours.state_dict()), strict=False)
+    return ours, theirs
+
+
+def batch(size: int, image_size: int, rng: random.Random):
+    images = torch.randn(size, 3, image_size, image_size)
+    tokens = clipforge.tokenize(captions(size, rng), truncate=True)
+    longest = int((tokens != 0).sum(1).max())
+    tokens = tokens[:, :longest]
+    return images, tokens, (tokens != 0).long()
+
+
+def train_step_fn(side: str, model, opt):
+    def step(images, tokens, mask):
+        if side == "clipforge":
+            out = model(images, tokens)
+            loss = clipforge.clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+        else:
+            loss = model(input_ids=tokens, attention_mask=mask, pixel_values=images, return_loss=True).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach().float()
+    return step
+
+
+def timed(fn, data, warmup: int, steps: int, bf16: bool) -> tuple[float, list[float]]:
+    losses = []
+    for i in range(warmup + steps):
+        if i == warmup:
+            start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = fn(*data[i % len(data)])
+        if out is not None:
+            losses.append(float(out))
+    return (time.perf_counter() - start) / steps, losses
+
+
+def count_flops(fn, data, bf16: bool) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        fn(*data[0])
+    return float(counter.get_total_flops())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="ViT-B-32")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--embed-batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--loss-steps", type=int, default=20, help="steps for the bf16-vs-fp32 loss check")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"matmul peak bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s, fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s")
+    size = clipforge.get_config(args.model).vision.image_size
+    data = [batch(args.batch, size, rng) for _ in range(4)]
+    embed = [batch(args.embed_batch, size, rng) for _ in range(2)]
+    results = {}
+    for precision in ("bf16", "fp32"):
+        bf16 = precision == "bf16"
+        for side in ("clipforge", "transformers"):
+            ours, theirs = build(args.model)
+            model = (ours if side == "clipforge" else theirs).train()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)
+            step = train_step_fn(side, model, opt)
+            flops = count_flops(step, data, bf16)
+            sec, _ = timed(step, data, 1, args.steps, bf16)
+            model.eval()
+            with torch.no_grad():
+                if side == "clipforge":
+                    img_fn = lambda i, t, m: model.encode_image(i)  # noqa: E731
+                    txt_fn = lambda i, t, m: model.encode_text(t)  # noqa: E731
+                else:
+                    img_fn = lambda i, t, m: model.get_image_features(pixel_values=i)  # noqa: E731
+                    txt_fn = lambda i, t, m: model.get_text_features(input_ids=t, attention_mask=m)  # noqa: E731
+                img_sec, _ = timed(lambda *b: (img_fn(*b), None)[1], embed, 1, 3, bf16)
+                txt_sec, _ = timed(lambda *b: (txt_fn(*b), None)[1], embed, 1, 3, bf16)
+            results[(precision, side)] = dict(train=args.batch / sec, image=args.embed_batch / img_sec,
+                                              text=args.embed_batch / txt_sec, mfu=flops / sec / peaks[precision])
+            r = results[(precision, side)]
+            print(f"{precision} {side:<12}: train {r['train']:7.1f} pairs/s (MFU {r['mfu']:.1%}), image embed "
+                  f"{r['image']:7.1f} img/s, text embed {r['text']:7.1f} txt/s")
+        a, b = results[(precision, "clipforge")], results[(precision, "transformers")]
+        print(f"{precision} ratio clipforge/transformers: train {a['train'] / b['train']:.2f}x, image "
+              f"{a['image'] / b['image']:.2f}x, text {a['text'] / b['text']:.2f}x")
+    # numerical checks: bf16 training loss after N steps vs fp32, and bf16 image embeddings vs fp32
+    losses = {}
+    for precision in ("bf16", "fp32"):
+        ours, _ = build(args.model)
+        opt = torch.optim.AdamW(ours.parameters(), lr=1e-5, foreach=True)
+        _, trace = timed(train_step_fn("clipforge", ours.train(), opt), data, 0, args.loss_steps, precision == "bf16")
+        losses[precision] = trace[-1]
+    ours, _ = build(args.model)
+    ours.eval()
+    with torch.no_grad():
+        ref = ours.encode_image(embed[0][0])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = ours.encode_image(embed[0][0]).float()
+    cos = F.cosine_similarity(ref, low, dim=-1).min().item()
+    rel = abs(losses["bf16"] - losses["fp32"]) / losses["fp32"]
+    print(f"loss after {args.loss_steps} steps: bf16 {losses['bf16']:.4f} vs fp32 {losses['fp32']:.4f} "
+          f"({rel:.2%} apart); bf16 image embeddings: min cosine to fp32 {cos:.5f}")
+
+
+if __name__ == "__main__":
+    main()
