@@ -2,6 +2,7 @@
 NaN handling, locking, and the run's outputs (metrics lines, plot, final model)."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -54,17 +55,19 @@ def _run(tmp_path, name, **kw):
 
 
 def test_loss_falls_and_outputs_are_written(tmp_path):
-    model, res = _run(tmp_path, "run", steps=60, precision="bf16", batch_size=32, log_every=10)
+    model, res = _run(tmp_path, "run", steps=100, precision="bf16", batch_size=32, log_every=10)
     losses = [r["loss"] for r in res.history if "loss" in r]
-    assert losses[-1] < 0.6 * losses[0], losses
+    chance = math.log(32)  # the loss of embeddings that carry no information
+    late = sum(losses[-3:]) / 3
+    assert late < 0.7 * chance and late < 0.75 * losses[0], losses
     out = tmp_path / "run"
     rows = _rows(out)
-    assert [r["step"] for r in rows] == list(range(10, 61, 10))
+    assert [r["step"] for r in rows] == list(range(10, 101, 10))
     assert all("loss" in r and "lr" in r and "scale" in r and "samples_per_s" in r for r in rows)
     assert (out / "curves.png").stat().st_size > 1000
     assert Image.open(out / "curves.png").format == "PNG"
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    assert state["step"] == 60
+    assert state["step"] == 100
 
 
 def test_exact_gradient_accumulation():

@@ -80,11 +80,12 @@ def _figure(model: torch.nn.Module, ds: Any, feats: torch.Tensor, path: Path) ->
 
 
 def _calibrate(model: torch.nn.Module, dataset: Any, batch: int, workers: int) -> float:
-    """Seconds per training step on this machine, from a short run on a throwaway copy."""
+    """Steady-state seconds per training step on this machine, from a short run on a throwaway copy
+    (the last 4 of 10 steps, so start-up costs are not counted)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(out=tmp, steps=8, batch_size=batch, workers=workers, progress=False, log_every=100)
+        cfg = TrainConfig(out=tmp, steps=10, batch_size=batch, workers=workers, progress=False, log_every=6)
         result = train(CLIPTask(copy.deepcopy(model)), dataset, cfg)
-    return result.seconds / 8
+    return batch / result.history[-1]["samples_per_s"]
 
 
 def run_quickstart(out: str | Path = "quickstart", minutes: float = 5.0, seed: int = 0, batch_size: int = 128,
