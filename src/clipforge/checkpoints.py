@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import hf
+from ._io import atomic_write
 from .config import CLIPConfig, TextConfig, VisionConfig
 from .errors import CheckpointError
 from .models import CLIP
@@ -196,18 +195,6 @@ def load(path: str | os.PathLike[str], model: str | CLIPConfig | None = None, *,
 
 
 # ----------------------------------------------------------------------------------------- writing
-def _atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
@@ -227,22 +214,22 @@ def save(model: CLIP, path: str | os.PathLike[str], format: str = "clipforge") -
         meta = {"format": "clipforge", "clipforge_version": str(FORMAT_VERSION),
                 "clipforge_config": json.dumps(cfg.to_dict())}
         if path.suffix == ".safetensors":
-            _atomic(path, lambda t: save_file(sd, t, metadata=meta))
+            atomic_write(path, lambda t: save_file(sd, t, metadata=meta))
         else:
-            _atomic(path / "model.safetensors", lambda t: save_file(sd, t, metadata=meta))
+            atomic_write(path / "model.safetensors", lambda t: save_file(sd, t, metadata=meta))
             cfg_json = json.dumps({"clipforge": {"version": FORMAT_VERSION, "config": cfg.to_dict()}}, indent=2)
-            _atomic(path / "config.json", lambda t: Path(t).write_text(cfg_json))
+            atomic_write(path / "config.json", lambda t: Path(t).write_text(cfg_json))
     elif format == "hf":
         hf_cfg = json.dumps(hf.config_to_hf(cfg), indent=2)
         hf_sd = hf.clipforge_to_hf(sd)
-        _atomic(path / "model.safetensors", lambda t: save_file(hf_sd, t, metadata={"format": "pt"}))
-        _atomic(path / "config.json", lambda t: Path(t).write_text(hf_cfg))
+        atomic_write(path / "model.safetensors", lambda t: save_file(hf_sd, t, metadata={"format": "pt"}))
+        atomic_write(path / "config.json", lambda t: Path(t).write_text(hf_cfg))
     elif format == "openai":
         oa = {k[len("text."):] if k.startswith("text.") else k: v for k, v in sd.items()}
         if path.suffix == ".safetensors":
-            _atomic(path, lambda t: save_file(oa, t))
+            atomic_write(path, lambda t: save_file(oa, t))
         else:
-            _atomic(path, lambda t: torch.save(oa, t))
+            atomic_write(path, lambda t: torch.save(oa, t))
     else:
         raise CheckpointError(f"unknown format {format!r}; use 'clipforge', 'hf' or 'openai'")
     return path

@@ -163,7 +163,7 @@ def _findings(r: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(r: dict[str, Any]) -> str:
-    lines = [f"# clipforge quickstart report\n",
+    lines = ["# clipforge quickstart report\n",
              f"{r['model']} trained from scratch for {r['steps']} steps x {r['batch_size']} = {r['images_seen']:,} "
              f"images in {r['train_seconds']:.0f} s (final training loss {r['final_train_loss']:.3f}).\n",
              f"## Zero-shot top-1 on held-out colour-shape combinations ({r['eval_images']} images)\n",

@@ -25,6 +25,13 @@ from ..transforms import load_image
 _LABELS = ("shape", "colour", "composite")
 
 
+def _open(item: Any) -> Image.Image:
+    """An evaluation image held as a PIL image, a path, or a zero-argument loader."""
+    if isinstance(item, (str, Path)):
+        return load_image(item)
+    return item() if callable(item) else item
+
+
 @dataclass
 class LabelledImages:
     """Images (PIL images or paths, loaded lazily) with integer labels and class names."""
@@ -38,8 +45,7 @@ class LabelledImages:
         return len(self.images)
 
     def image(self, i: int) -> Image.Image:
-        item = self.images[i]
-        return item() if callable(item) else load_image(item) if isinstance(item, (str, Path)) else item
+        return _open(self.images[i])
 
 
 @dataclass
@@ -50,8 +56,7 @@ class CaptionedImages:
     name: str
 
     def image(self, i: int) -> Image.Image:
-        item = self.images[i]
-        return item() if callable(item) else load_image(item) if isinstance(item, (str, Path)) else item
+        return _open(self.images[i])
 
 
 def _synthetic_options(spec: str) -> dict[str, Any]:

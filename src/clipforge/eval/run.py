@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._io import atomic_write
 from .datasets import CaptionedImages, LabelledImages, captioned_dataset, labelled_dataset
 from .features import image_features, text_features
 from .metrics import mean_per_class_recall, retrieval_metrics, topk_accuracy
@@ -83,9 +82,4 @@ def format_table(result: dict[str, Any]) -> str:
 
 def write_json(obj: Any, path: str | Path) -> None:
     """Atomic JSON write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2)))

@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._io import atomic_write, stale_temporaries
 from ..errors import CheckpointError
 
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic: readers see the previous checkpoint or this one, never a half-written file."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def remove_stale_temporaries(path: Path) -> int:
     """Delete temporary files a killed writer of `path` left behind; returns how many."""
-    stale = list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.exists() else []
+    stale = stale_temporaries(path)
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)

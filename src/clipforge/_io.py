@@ -1,0 +1,31 @@
+"""Atomic file writes: the target holds the old content or the new, never half of one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`.
+
+    A writer killed mid-way leaves at most a `.NAME.*.tmp` file (see `stale_temporaries`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Temporary files that killed writers of `path` left behind."""
+    path = Path(path)
+    return list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.exists() else []
