@@ -85,3 +85,13 @@ def test_quickstart_short_run_writes_its_report(tmp_path):
     assert (tmp_path / "qs" / "predictions.png").stat().st_size > 5000
     assert (tmp_path / "qs" / "train" / "curves.png").exists()
     assert report["findings"] == saved["findings"]
+
+
+def test_probe_on_class_folders_without_train_split_is_refused(ckpt, tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "flat" / name).mkdir(parents=True)
+        Image.new("RGB", (20, 20)).save(tmp_path / "flat" / name / "0.png")
+    model = clipforge.load(ckpt)
+    assert run_eval(model, "zeroshot", str(tmp_path / "flat"))["metrics"]["samples"] == 2
+    with pytest.raises(clipforge.ConfigError, match="no train/ folder"):
+        run_eval(model, "linear-probe", str(tmp_path / "flat"))

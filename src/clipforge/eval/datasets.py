@@ -100,10 +100,13 @@ def digits(split: str = "test", seed: int = 0, test_fraction: float = 0.3) -> La
 
 def class_folders(root: str | Path, split: str = "test") -> LabelledImages:
     root = Path(root)
-    for name in ((split,) if split == "train" else ("val", "test")):
-        if (root / name).is_dir():
-            root = root / name
-            break
+    names = ("train",) if split == "train" else ("val", "test")
+    found = [root / n for n in names if (root / n).is_dir()]
+    if found:
+        root = found[0]
+    elif split == "train":  # probing on the test images themselves would report a leak, not a result
+        raise ConfigError(f"{root} has no train/ folder: linear-probe and fewshot need root/train and root/val "
+                          "(zero-shot works on a plain class-folder root)")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise ConfigError(f"{root} has no class folders (expected root/<class>/*.jpg)")
