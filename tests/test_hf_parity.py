@@ -44,6 +44,16 @@ def _hf_features(model, images, tokens):
     return img, txt
 
 
+def _assert_same_embeddings(model, hf_model, images, tokens):
+    """clipforge and transformers embeddings agree within 1e-5 (max abs); returns clipforge's text ones."""
+    ref_img, ref_txt = _hf_features(hf_model, images, tokens)
+    with torch.no_grad():
+        img, txt = model.encode_image(images), model.encode_text(tokens)
+    assert (img - ref_img).abs().max() < 1e-5
+    assert (txt - ref_txt).abs().max() < 1e-5
+    return txt
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_load_hf_directory_matches_transformers(tmp_path, name):
     text_kw, vision_kw, proj = CONFIGS[name]
@@ -51,13 +61,7 @@ def test_load_hf_directory_matches_transformers(tmp_path, name):
     hf_model.save_pretrained(tmp_path)
     model = clipforge.load(tmp_path)
     size = vision_kw["image_size"]
-    images = torch.randn(2, 3, size, size)
-    tokens = clipforge.tokenize(CAPTIONS)
-    ref_img, ref_txt = _hf_features(hf_model, images, tokens)
-    with torch.no_grad():
-        img, txt = model.encode_image(images), model.encode_text(tokens)
-    assert (img - ref_img).abs().max() < 1e-5
-    assert (txt - ref_txt).abs().max() < 1e-5
+    _assert_same_embeddings(model, hf_model, torch.randn(2, 3, size, size), clipforge.tokenize(CAPTIONS))
     assert torch.allclose(model.logit_scale, hf_model.logit_scale)
 
 
@@ -66,13 +70,8 @@ def test_save_hf_loads_in_transformers(tmp_path, act):
     model = clipforge.create_model("tiny-vit", vision={"act": act}, text={"act": act}).eval()
     clipforge.save(model, tmp_path / "hf", format="hf")
     hf_model = transformers.CLIPModel.from_pretrained(tmp_path / "hf").eval()
-    images = torch.randn(3, 3, 64, 64)
     tokens = clipforge.tokenize(CAPTIONS)
-    ref_img, ref_txt = _hf_features(hf_model, images, tokens)
-    with torch.no_grad():
-        img, txt = model.encode_image(images), model.encode_text(tokens)
-    assert (img - ref_img).abs().max() < 1e-5
-    assert (txt - ref_txt).abs().max() < 1e-5
+    txt = _assert_same_embeddings(model, hf_model, torch.randn(3, 3, 64, 64), tokens)
     # and back again
     again = clipforge.load(tmp_path / "hf")
     assert again.config == model.config
