@@ -131,7 +131,7 @@ def labelled_dataset(spec: str, split: str = "test", image_size: int = 64) -> La
     raise ConfigError(f"cannot use {spec!r} as a labelled dataset: use digits, synthetic[:...] or a class-folder root")
 
 
-def captioned_dataset(spec: str, image_size: int = 64, limit: int | None = None) -> CaptionedImages:
+def captioned_dataset(spec: str, image_size: int = 64) -> CaptionedImages:
     """Images with all their captions, for retrieval."""
     ds = parse_data_spec(spec)
     images: list[Any] = []
@@ -161,10 +161,6 @@ def captioned_dataset(spec: str, image_size: int = 64, limit: int | None = None)
                 images.append(path)
             captions.append(caption)
             owner.append(index[key])
-    if limit is not None:
-        keep = {i for i in range(min(limit, len(images)))}
-        pairs2 = [(c, o) for c, o in zip(captions, owner) if o in keep]
-        images, captions, owner = images[: len(keep)], [c for c, _ in pairs2], [o for _, o in pairs2]
     return CaptionedImages(images, captions, owner, spec)
 
 

@@ -80,7 +80,3 @@ class CLIP(nn.Module):
             self.visual.transformer.grad_checkpointing = enable
         else:
             self.visual.grad_checkpointing = enable
-
-
-def build_model(config: CLIPConfig) -> CLIP:
-    return CLIP(config)
