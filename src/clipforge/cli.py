@@ -168,6 +168,27 @@ def _quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from clipforge.errors import ConfigError
+    from clipforge.study import ORDER, run_efficiency_study
+
+    eval_data = None
+    if args.eval:
+        eval_data = {}
+        for item in args.eval:
+            name, sep, spec = item.partition("=")
+            if not sep or not name or not spec:
+                raise ConfigError(f"--eval takes NAME=SPEC (e.g. heldout=synthetic:label=shape,split=heldout), got {item!r}")
+            eval_data[name] = spec
+    objectives = [o.strip() for o in args.objectives.split(",") if o.strip()] if args.objectives else list(ORDER)
+    budget = {"images": args.images} if args.images else {}
+    run_efficiency_study(args.out, data=args.data, model=args.model, **budget, batch_size=args.batch_size,
+                         evals=args.evals, lr=args.lr, objectives=objectives, eval_data=eval_data,
+                         templates=args.templates, seed=args.seed, workers=args.workers, progress=not args.no_progress)
+    print(f"report: {args.out}/report.json, {args.out}/report.md, {args.out}/curves.png")
+    return 0
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="preset name (see `clipforge models`)")
     p.add_argument("--data", required=True, help="synthetic[:n=..,size=..], a .csv/.tsv, a caption folder or .tar shards")
@@ -239,6 +260,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_quickstart)
+    p = sub.add_parser("study", help="reproducible studies (efficiency: the CLIP paper's objective comparison)")
+    p.add_argument("study", choices=["efficiency"])
+    p.add_argument("--out", default="study-efficiency")
+    p.add_argument("--data", default="synthetic", help="training data spec (as for `clipforge train`)")
+    p.add_argument("--model", default="tiny-rn", help="preset whose image tower every objective shares")
+    p.add_argument("--images", type=int, default=None,
+                   help="images seen per objective, the budget (default: sized to finish in ~20 min on 2 CPU cores)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--evals", type=int, default=8, help="zero-shot evaluations during training (plus one at the start)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--objectives", default=None, help="comma-separated subset of captioning,bow-prediction,"
+                                                      "bow-contrastive,clip (default: all)")
+    p.add_argument("--eval", action="append", metavar="NAME=SPEC",
+                   help="zero-shot set (repeatable): digits, a class-folder root or synthetic:label=...; the first "
+                        "is the headline (default: held-out and seen synthetic colour-shape composites)")
+    p.add_argument("--templates", default="synthetic1", help="prompt templates (built-in set or a file)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_study)
     p = sub.add_parser("zeroshot", help="classify images by text labels")
     p.add_argument("images", nargs="+")
     p.add_argument("--model", required=True, help="checkpoint path (any supported format) or preset name")
