@@ -94,7 +94,7 @@ def _caption_sample(dataset: Any, n: int) -> list[str]:
 
 
 def run_efficiency_study(out: str | Path = "study-efficiency", data: str = "synthetic", model: str = "tiny-rn",
-                         images: int = 64_000, batch_size: int = 128, evals: int = 8, lr: float = 1e-3,
+                         images: int = 76_800, batch_size: int = 128, evals: int = 8, lr: float = 1e-3,
                          objectives: Sequence[str] = ORDER, eval_data: dict[str, str] | None = None,
                          templates: Any = "synthetic1", seed: int = 0, workers: int = 1,
                          progress: bool = True) -> dict[str, Any]:
