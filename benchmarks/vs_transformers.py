@@ -4,17 +4,23 @@ both sides) and fp32, with achieved FLOP/s as a fraction of this machine's measu
 
     python benchmarks/vs_transformers.py --model ViT-B-32 --batch 32 --steps 5
     python benchmarks/vs_transformers.py --model small-vit --batch 64 --steps 10
+    python benchmarks/vs_transformers.py --device cuda --model ViT-B-32 --batch 256 --embed-batch 512   # GPU
 
 Both sides get captions of 5-25 words padded to the longest caption in the batch (transformers'
-`padding=True`, its documented setting), SDPA attention, and torch.optim.AdamW(foreach=True).
+`padding=True`, its documented setting), SDPA attention, and torch.optim.AdamW (`--optimizer`:
+foreach by default, or fused). Peak memory is the increase over the memory in use before the case:
+resident set size sampled every 2 ms on the CPU, `torch.cuda.max_memory_allocated` on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import random
+import threading
 import time
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +36,58 @@ def captions(n: int, rng: random.Random) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 25))) for _ in range(n)]
 
 
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    if DEVICE.type == "cuda":
+        n, reps = 8192, 20
+    a, b = torch.randn(n, n, dtype=dtype, device=DEVICE), torch.randn(n, n, dtype=dtype, device=DEVICE)
     a @ b
+    sync()
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
+    sync()
     return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextmanager
+def peak_memory(result: dict):
+    """Sets result["peak_mib"]: the peak memory in use during the block minus that before it."""
+    if DEVICE.type == "cuda":
+        sync()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        yield
+        sync()
+        result["peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        return
+    base, peak, done = _rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        result["peak_mib"] = (max(peak[0], _rss()) - base) / 2**20
 
 
 def build(name: str):
@@ -52,7 +103,7 @@ def build(name: str):
     except Exception:  # older transformers pick SDPA by default
         pass
     theirs.load_state_dict(cf_hf.clipforge_to_hf(ours.state_dict()), strict=False)
-    return ours, theirs
+    return ours.to(DEVICE), theirs.to(DEVICE)
 
 
 def batch(size: int, image_size: int, rng: random.Random):
@@ -60,12 +111,12 @@ def batch(size: int, image_size: int, rng: random.Random):
     tokens = clipforge.tokenize(captions(size, rng), truncate=True)
     longest = int((tokens != 0).sum(1).max())
     tokens = tokens[:, :longest]
-    return images, tokens, (tokens != 0).long()
+    return images.to(DEVICE), tokens.to(DEVICE), (tokens != 0).long().to(DEVICE)
 
 
 def train_step_fn(side: str, model, opt):
     def step(images, tokens, mask):
-        if side == "clipforge":
+        if side != "transformers":
             out = model(images, tokens)
             loss = clipforge.clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
         else:
@@ -81,18 +132,20 @@ def timed(fn, data, warmup: int, steps: int, bf16: bool) -> tuple[float, list[fl
     losses = []
     for i in range(warmup + steps):
         if i == warmup:
+            sync()
             start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16):
             out = fn(*data[i % len(data)])
         if out is not None:
-            losses.append(float(out))
-    return (time.perf_counter() - start) / steps, losses
+            losses.append(out)
+    sync()
+    return (time.perf_counter() - start) / steps, [float(x) for x in losses]
 
 
 def count_flops(fn, data, bf16: bool) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with FlopCounterMode(display=False) as counter, torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16):
         fn(*data[0])
     return float(counter.get_total_flops())
 
@@ -104,11 +157,17 @@ def main() -> None:
     p.add_argument("--embed-batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--loss-steps", type=int, default=20, help="steps for the bf16-vs-fp32 loss check")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--optimizer", choices=["foreach", "fused"], default="foreach", help="AdamW implementation (both sides)")
+    p.add_argument("--compile", action="store_true", help="also time clipforge under torch.compile")
     args = p.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.manual_seed(0)
     rng = random.Random(0)
     peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{platform.machine()} CPU"
+    print(f"machine: {where}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"matmul peak bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s, fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s")
     size = clipforge.get_config(args.model).vision.image_size
     data = [batch(args.batch, size, rng) for _ in range(4)]
@@ -116,43 +175,56 @@ def main() -> None:
     results = {}
     for precision in ("bf16", "fp32"):
         bf16 = precision == "bf16"
-        for side in ("clipforge", "transformers"):
+        sides = ["clipforge", "transformers"] + (["clipforge+compile"] if args.compile else [])
+        for side in sides:
             ours, theirs = build(args.model)
-            model = (ours if side == "clipforge" else theirs).train()
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)
+            model = (theirs if side == "transformers" else ours).train()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-5, **{args.optimizer: True})
             step = train_step_fn(side, model, opt)
-            flops = count_flops(step, data, bf16)
-            sec, _ = timed(step, data, 1, args.steps, bf16)
+            flops = {"train": count_flops(step, data, bf16)}
+            if side.endswith("+compile"):  # compile the model's forward; loss, backward and optimiser as before
+                model.forward = torch.compile(model.forward)
+            r: dict = {}
+            with peak_memory(mem := {}):
+                sec, _ = timed(step, data, 2 if side.endswith("+compile") else 1, args.steps, bf16)
+            r["train"], r["train_mib"] = args.batch / sec, mem["peak_mib"]
+            r["train_mfu"] = flops["train"] / sec / peaks[precision]
             model.eval()
             with torch.no_grad():
-                if side == "clipforge":
-                    img_fn = lambda i, t, m: model.encode_image(i)  # noqa: E731
-                    txt_fn = lambda i, t, m: model.encode_text(t)  # noqa: E731
-                else:
+                if side == "transformers":
                     img_fn = lambda i, t, m: model.get_image_features(pixel_values=i)  # noqa: E731
                     txt_fn = lambda i, t, m: model.get_text_features(input_ids=t, attention_mask=m)  # noqa: E731
-                img_sec, _ = timed(lambda *b: (img_fn(*b), None)[1], embed, 1, 3, bf16)
-                txt_sec, _ = timed(lambda *b: (txt_fn(*b), None)[1], embed, 1, 3, bf16)
-            results[(precision, side)] = dict(train=args.batch / sec, image=args.embed_batch / img_sec,
-                                              text=args.embed_batch / txt_sec, mfu=flops / sec / peaks[precision])
-            r = results[(precision, side)]
-            print(f"{precision} {side:<12}: train {r['train']:7.1f} pairs/s (MFU {r['mfu']:.1%}), image embed "
-                  f"{r['image']:7.1f} img/s, text embed {r['text']:7.1f} txt/s")
-        a, b = results[(precision, "clipforge")], results[(precision, "transformers")]
-        print(f"{precision} ratio clipforge/transformers: train {a['train'] / b['train']:.2f}x, image "
-              f"{a['image'] / b['image']:.2f}x, text {a['text'] / b['text']:.2f}x")
+                else:
+                    img_fn = lambda i, t, m: model.encode_image(i)  # noqa: E731
+                    txt_fn = lambda i, t, m: model.encode_text(t)  # noqa: E731
+                for case, fn in (("image", img_fn), ("text", txt_fn)):
+                    flops[case] = count_flops(fn, embed, bf16)
+                    with peak_memory(mem := {}):
+                        sec, _ = timed(lambda *b: (fn(*b), None)[1], embed, 1, 3, bf16)
+                    r[case], r[f"{case}_mib"] = args.embed_batch / sec, mem["peak_mib"]
+                    r[f"{case}_mfu"] = flops[case] / sec / peaks[precision]
+            results[(precision, side)] = r
+            print(f"{precision} {side:<18}: train {r['train']:7.1f} pairs/s (MFU {r['train_mfu']:.1%}, +{r['train_mib']:.0f} MiB), "
+                  f"image embed {r['image']:7.1f} img/s ({r['image_mfu']:.1%}, +{r['image_mib']:.0f} MiB), "
+                  f"text embed {r['text']:7.1f} txt/s ({r['text_mfu']:.1%}, +{r['text_mib']:.0f} MiB)")
+        b = results[(precision, "transformers")]
+        for side in sides:
+            if side != "transformers":
+                a = results[(precision, side)]
+                print(f"{precision} ratio {side}/transformers: train {a['train'] / b['train']:.2f}x, image "
+                      f"{a['image'] / b['image']:.2f}x, text {a['text'] / b['text']:.2f}x")
     # numerical checks: bf16 training loss after N steps vs fp32, and bf16 image embeddings vs fp32
     losses = {}
     for precision in ("bf16", "fp32"):
         ours, _ = build(args.model)
-        opt = torch.optim.AdamW(ours.parameters(), lr=1e-5, foreach=True)
+        opt = torch.optim.AdamW(ours.parameters(), lr=1e-5, **{args.optimizer: True})
         _, trace = timed(train_step_fn("clipforge", ours.train(), opt), data, 0, args.loss_steps, precision == "bf16")
         losses[precision] = trace[-1]
     ours, _ = build(args.model)
     ours.eval()
     with torch.no_grad():
         ref = ours.encode_image(embed[0][0])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
             low = ours.encode_image(embed[0][0]).float()
     cos = F.cosine_similarity(ref, low, dim=-1).min().item()
     rel = abs(losses["bf16"] - losses["fp32"]) / losses["fp32"]
