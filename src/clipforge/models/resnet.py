@@ -107,7 +107,8 @@ class ModifiedResNet(nn.Module):
     def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Stem output and each stage's output, (B, C_i, H_i, W_i)."""
         _check_images(images, self.image_size)
-        x = self.stem(images.to(self.conv1.weight.dtype))
+        # channels-last activations: oneDNN's convolutions run much faster on them (benchmarks/levers.py)
+        x = self.stem(images.to(self.conv1.weight.dtype).contiguous(memory_format=torch.channels_last))
         maps = [x]
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in stage:
