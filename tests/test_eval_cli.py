@@ -78,9 +78,11 @@ def test_quickstart_short_run_writes_its_report(tmp_path):
     assert saved["train_seconds"] > 0 and saved["steps"] >= 20
     for style in ("bare", "template", "ensemble"):
         assert 0.0 <= saved["heldout_shape_top1"][style] <= 1.0
+        assert 0.0 <= saved["heldout_shape_debiased_top1"][style] <= 1.0
     assert set(saved["fewshot_val_shape"]) == {"zero_shot", "1-shot", "2-shot", "4-shot", "8-shot", "16-shot"}
     assert "image_to_text_R@1" in saved["retrieval_val"]
     md = (tmp_path / "qs" / "report.md").read_text()
+    assert "colour directions projected out" in md
     assert "held-out colour-shape" in md and f"{saved['heldout_shape_top1']['ensemble']:.1%}" in md
     assert (tmp_path / "qs" / "predictions.png").stat().st_size > 5000
     assert (tmp_path / "qs" / "train" / "curves.png").exists()

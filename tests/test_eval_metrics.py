@@ -87,3 +87,23 @@ def test_zero_shot_classifier_is_the_normalised_template_average():
     top = clf.classify(torch.stack([clf.weights[1] * 3, clf.weights[0]]), k=2)
     assert top[0][0][0] == "dog" and top[1][0][0] == "cat"
     assert top[0][0][1] > top[0][1][1] and sum(p for _, p in top[0]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_debiased_classifier_removes_the_nuisance_directions():
+    from clipforge.eval.zeroshot import ZeroShotClassifier
+
+    # embeddings = shape part (axes 0-2) + colour part (axes 3-4); the colour part is large
+    shape_axes, colour_axes = torch.eye(6)[:3], torch.eye(6)[3:5]
+    # class prompts absorbed a colour prior: shape i leans towards the colour it was seen with
+    shapes = ZeroShotClassifier(["a", "b", "c"], torch.nn.functional.normalize(
+        shape_axes + 0.8 * colour_axes[[0, 1, 1]], dim=-1), 100.0)
+    colours = ZeroShotClassifier(["red", "blue"], colour_axes + 0.1, 100.0)
+    images = 0.5 * shape_axes[[0, 1, 2]] + 3.0 * colour_axes[[1, 0, 0]]  # shape i in an unusual colour
+    assert (shapes.logits(images).argmax(1) == torch.arange(3)).sum() < 3  # the colour prior wins somewhere
+    fixed = shapes.debiased(colours)
+    assert fixed.logits(images).argmax(1).tolist() == [0, 1, 2]
+    # the projection removes exactly the span of the colour prompts' differences, nothing else
+    diff = colours.weights[0] - colours.weights[1]
+    assert (diff @ fixed.projection).abs().max() < 1e-6
+    assert torch.allclose(shape_axes @ fixed.projection, shape_axes, atol=1e-6)
+    assert torch.allclose(fixed.weights.norm(dim=-1), torch.ones(3))

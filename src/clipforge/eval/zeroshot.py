@@ -64,11 +64,26 @@ class ZeroShotClassifier:
     classnames: list[str]
     weights: torch.Tensor  # (C, E): one unit-norm embedding per class
     scale: float  # exp(logit_scale) of the model, for probabilities
+    projection: torch.Tensor | None = None  # (E, E) applied to image embeddings first (see `debiased`)
 
     def logits(self, image_features: torch.Tensor) -> torch.Tensor:
         """(N, C) scaled cosine similarities of (unnormalised) image embeddings to each class."""
-        feats = F.normalize(image_features.float(), dim=-1)
-        return self.scale * feats @ self.weights.T
+        feats = image_features.float()
+        if self.projection is not None:
+            feats = feats @ self.projection
+        return self.scale * F.normalize(feats, dim=-1) @ self.weights.T
+
+    def debiased(self, nuisance: "ZeroShotClassifier") -> "ZeroShotClassifier":
+        """This classifier with the directions that separate `nuisance`'s classes projected out of the
+        image and class embeddings (Chuang et al., 2023, "Debiasing vision-language models via biased
+        prompts"): e.g. shape classes debiased against colour prompts ignore the colour that the shape
+        prompts absorbed in training. Zero-shot: only text prompts define the removed subspace."""
+        centred = nuisance.weights - nuisance.weights.mean(dim=0)  # (K, E): differences between nuisance classes
+        u, sv, _ = torch.linalg.svd(centred.T.double(), full_matrices=False)  # (E, K)
+        basis = u[:, sv > sv.max() * 1e-6].float()  # orthonormal basis of their span
+        proj = torch.eye(basis.shape[0]) - basis @ basis.T  # (E, E) onto the complement
+        weights = F.normalize(self.weights @ proj, dim=-1)
+        return ZeroShotClassifier(self.classnames, weights, self.scale, proj)
 
     def classify(self, image_features: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-k (label, probability) per image, probabilities from the softmax over all classes."""

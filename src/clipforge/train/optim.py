@@ -20,7 +20,8 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tup
         if p.requires_grad:
             (plain if no_decay(name, p) else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
+    # the fused kernel: one pass over all parameters (faster than foreach on CPU and GPU; benchmarks/levers.py)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
