@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..layers.attention import attention
 from .vit import _check_images
 
 
@@ -61,7 +62,7 @@ class AttentionPool2d(nn.Module):
         q = self.q_proj(x[:, :1]).view(B, 1, self.heads, hd).transpose(1, 2)  # (B, h, 1, hd)
         k = self.k_proj(x).view(B, -1, self.heads, hd).transpose(1, 2)  # (B, h, 1+HW, hd)
         v = self.v_proj(x).view(B, -1, self.heads, hd).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, 1, hd)
+        out = attention(q, k, v)  # (B, h, 1, hd)
         return self.c_proj(out.transpose(1, 2).reshape(B, C))  # (B, E)
 
 
