@@ -9,13 +9,12 @@ both sides) and fp32, with achieved FLOP/s as a fraction of this machine's measu
 Both sides get captions of 5-25 words padded to the longest caption in the batch (transformers'
 `padding=True`, its documented setting), SDPA attention, and torch.optim.AdamW (`--optimizer`:
 foreach by default, or fused). Peak memory is the increase over the memory in use before the case:
-resident set size sampled every 2 ms on the CPU, `torch.cuda.max_memory_allocated` on a GPU.
+heap memory in use (glibc mallinfo2) sampled every 1 ms on the CPU, `torch.cuda.max_memory_allocated` on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import random
 import threading
@@ -57,9 +56,19 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _heap_in_use() -> int:
+    """Bytes the C allocator has handed out and not taken back (glibc mallinfo2; torch's CPU
+    tensors come from it), so memory freed by an earlier case and reused is not counted twice."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
 
 
 @contextmanager
@@ -73,12 +82,12 @@ def peak_memory(result: dict):
         sync()
         result["peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
         return
-    base, peak, done = _rss(), [0], threading.Event()
+    base, peak, done = _heap_in_use(), [0], threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.002)
+            peak[0] = max(peak[0], _heap_in_use())
+            time.sleep(0.001)
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -87,7 +96,7 @@ def peak_memory(result: dict):
     finally:
         done.set()
         thread.join()
-        result["peak_mib"] = (max(peak[0], _rss()) - base) / 2**20
+        result["peak_mib"] = (max(peak[0], _heap_in_use()) - base) / 2**20
 
 
 def build(name: str):

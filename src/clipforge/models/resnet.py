@@ -99,6 +99,9 @@ class ModifiedResNet(nn.Module):
             for block in stage:
                 nn.init.zeros_(block.bn3.weight)  # each residual branch starts as identity
 
+    # channels-last activations: oneDNN's convolutions run faster on them (benchmarks/levers.py)
+    channels_last = True
+
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
@@ -108,8 +111,10 @@ class ModifiedResNet(nn.Module):
     def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Stem output and each stage's output, (B, C_i, H_i, W_i)."""
         _check_images(images, self.image_size)
-        # channels-last activations: oneDNN's convolutions run much faster on them (benchmarks/levers.py)
-        x = self.stem(images.to(self.conv1.weight.dtype).contiguous(memory_format=torch.channels_last))
+        images = images.to(self.conv1.weight.dtype)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        x = self.stem(images)
         maps = [x]
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in stage:
