@@ -82,8 +82,11 @@ def efficiency_ratios(curves: dict[str, list[tuple[int, float]]], chance: float,
 
 
 def _caption_sample(dataset: Any, n: int) -> list[str]:
+    """Up to n training captions, for the vocabulary (file sources: without opening any image)."""
     if hasattr(dataset, "__len__") and hasattr(dataset, "read"):
         idx = np.random.default_rng(0).permutation(len(dataset))[:n]
+        if hasattr(dataset, "pairs"):
+            return [dataset.pairs[int(i)][1] for i in idx]
         return [dataset.read(int(i))[1] for i in idx]
     caps = []
     for item in dataset:
