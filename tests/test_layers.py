@@ -23,8 +23,10 @@ def test_half_precision_cpu_attention_matches_fp32_sdpa(n, m, causal):
         assert torch.allclose(out[:, :, 0].float(), low[2][:, :, 0].float(), atol=1e-2)
 
 
-def test_fp32_and_long_inputs_use_sdpa_unchanged():
+def test_fp32_fp64_and_long_inputs_use_sdpa_unchanged():
     q = torch.randn(2, 2, EXPLICIT_MAX_TOKENS + 1, 16)
     assert torch.equal(attention(q, q, q), F.scaled_dot_product_attention(q, q, q))
-    q = torch.randn(2, 2, 7, 16)
-    assert torch.equal(attention(q, q, q, causal=True), F.scaled_dot_product_attention(q, q, q, is_causal=True))
+    for dtype in (torch.float32, torch.float64):
+        q = torch.randn(2, 2, 7, 16, dtype=dtype)
+        out = attention(q, q, q, causal=True)
+        assert out.dtype == dtype and torch.equal(out, F.scaled_dot_product_attention(q, q, q, is_causal=True))

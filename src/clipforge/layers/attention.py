@@ -19,7 +19,7 @@ EXPLICIT_MAX_TOKENS = 128  # above this no faster, and the (B, H, N, N) scores c
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over (B, H, N, d) tensors, with an optional causal mask."""
     n, m = q.shape[-2], k.shape[-2]
-    if q.device.type != "cpu" or q.dtype == torch.float32 or max(n, m) > EXPLICIT_MAX_TOKENS:
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or max(n, m) > EXPLICIT_MAX_TOKENS:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     # in fp32: for short sequences these two matmuls are a small share of the FLOPs
     scores = (q.float() * q.shape[-1] ** -0.5) @ k.float().transpose(-2, -1)  # (B, H, N, M)
