@@ -32,17 +32,18 @@ def _zeroshot_table(model: torch.nn.Module, n: int, size: int) -> tuple[dict[str
     """Held-out compositions: accuracy for each label kind x prompt style (features computed once)."""
     sets = {label: synthetic_labelled("heldout", label, n, size, seed=7) for label in LABELS}
     feats = image_features(model, sets["shape"], precision="bf16")  # same images for every label kind
+    clfs = {(label, style): zero_shot_classifier(model, ds.classnames, templates)
+            for label, ds in sets.items() for style, templates in PROMPTS.items()}
     table: dict[str, dict[str, float]] = {"shape_via_composite": {}, "shape_debiased": {}}
     shapes = torch.tensor(sets["shape"].labels)
     for label, ds in sets.items():
         labels = torch.tensor(ds.labels)
         table[label] = {}
-        for style, templates in PROMPTS.items():
-            clf = zero_shot_classifier(model, ds.classnames, templates)
-            logits = clf.logits(feats)
+        for style in PROMPTS:
+            logits = clfs[label, style].logits(feats)
             table[label][style] = (logits.argmax(1) == labels).float().mean().item()
             if label == "shape":  # shape prompts with the colour-prompt directions projected out (zero-shot)
-                fixed = clf.debiased(zero_shot_classifier(model, sets["colour"].classnames, templates))
+                fixed = clfs[label, style].debiased(clfs["colour", style])
                 table["shape_debiased"][style] = (fixed.logits(feats).argmax(1) == labels).float().mean().item()
             if label == "composite":  # shape read off the 64 colour-shape prompts: P(shape) = sum over colours
                 marginal = logits.softmax(-1).view(len(labels), len(COLOUR_NAMES), len(SHAPES)).sum(1)
