@@ -81,7 +81,7 @@ class ZeroShotClassifier:
         centred = nuisance.weights - nuisance.weights.mean(dim=0)  # (K, E): differences between nuisance classes
         u, sv, _ = torch.linalg.svd(centred.T.double(), full_matrices=False)  # (E, K)
         basis = u[:, sv > sv.max() * 1e-6].float()  # orthonormal basis of their span
-        proj = torch.eye(basis.shape[0]) - basis @ basis.T  # (E, E) onto the complement
+        proj = torch.eye(basis.shape[0], device=basis.device) - basis @ basis.T  # (E, E) onto the complement
         weights = F.normalize(self.weights @ proj, dim=-1)
         return ZeroShotClassifier(self.classnames, weights, self.scale, proj)
 
