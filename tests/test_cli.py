@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 import clipforge
 from clipforge.cli import main
 
@@ -29,3 +31,23 @@ def test_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "missing.pt"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("clipforge: error: checkpoint not found") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, env, expected", [
+    (["/venv/bin/clipforge", "quickstart"], {}, "PASSIVE"),
+    (["/venv/bin/clipforge", "train", "--data", "synthetic"], {}, "PASSIVE"),
+    (["/venv/bin/clipforge", "train", "--workers", "0"], {}, None),  # no workers: nothing competes
+    (["/venv/bin/clipforge", "eval"], {}, None),  # not a training command
+    (["/venv/bin/clipforge", "quickstart"], {"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),  # the user's choice wins
+    (["my_script.py", "train"], {}, None),  # library use keeps OpenMP's default
+])
+def test_console_training_commands_wait_passively(argv, env, expected):
+    """The OpenMP wait policy is chosen before torch loads, only for the console's training commands."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"import sys; sys.argv = {argv!r}; import clipforge, os; print(os.environ.get('OMP_WAIT_POLICY'))"
+    clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(expected)
