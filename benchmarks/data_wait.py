@@ -1,6 +1,6 @@
 """Fraction of training-step time spent waiting for data, small preset on the synthetic world.
 
-    python benchmarks/data_wait.py --model tiny-rn --steps 60 --batch 128 --workers 1
+    python benchmarks/data_wait.py --model tiny-rn --steps 60 --batch 128 --workers 1 [--text-layers 1]
 
 The trainer times `next(loader)` against the whole step; this prints the mean over logged windows
 (the first window, which includes worker start-up, is reported separately).
@@ -23,8 +23,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--text-layers", type=int, help="override the preset's text tower depth (the quickstart uses 1)")
     args = p.parse_args()
-    model = clipforge.create_model(args.model, seed=0)
+    model = clipforge.create_model(args.model, seed=0, **({"text": {"layers": args.text_layers}} if args.text_layers else {}))
     size = model.config.vision.image_size
     ds, _ = build_dataset("synthetic:n=100000", clipforge.image_transform(size, train=True), size)
     with tempfile.TemporaryDirectory() as out:
