@@ -25,7 +25,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--text-layers", type=int, help="override the preset's text tower depth (the quickstart uses 1)")
     args = p.parse_args()
-    model = clipforge.create_model(args.model, seed=0, **({"text": {"layers": args.text_layers}} if args.text_layers else {}))
+    text = {"text": {"layers": args.text_layers}} if args.text_layers else {}
+    model = clipforge.create_model(args.model, seed=0, **text)
     size = model.config.vision.image_size
     ds, _ = build_dataset("synthetic:n=100000", clipforge.image_transform(size, train=True), size)
     with tempfile.TemporaryDirectory() as out:

@@ -21,22 +21,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `clipforge quickstart`
 
 import torch  # noqa: E402
 
-import clipforge  # noqa: E402
-from clipforge.data import build_dataset
 from clipforge.eval.datasets import synthetic_labelled
 from clipforge.eval.features import image_features
 from clipforge.eval.zeroshot import zero_shot_classifier
-from clipforge.quickstart import MODEL, PROMPTS, _calibrate, _zeroshot_table
+from clipforge.quickstart import MODEL, PROMPTS, _zeroshot_table, setup
 from clipforge.tasks import CLIPTask
 from clipforge.train import TrainConfig, train
 
 
 def run(layers: int, budget: float, seed: int, eval_images: int) -> dict:
-    model = clipforge.create_model(MODEL, seed=seed, text={"layers": layers})
+    model, dataset, steps, s_per_step = setup(budget, seed, text_layers=layers)
     size = model.config.vision.image_size
-    dataset, _ = build_dataset(f"synthetic:n=1000000,seed={seed}", clipforge.image_transform(size, train=True), size, seed)
-    s_per_step = _calibrate(model, dataset, 128, 1)
-    steps = max(20, int(budget / s_per_step))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         train(CLIPTask(model), dataset, TrainConfig(out=tmp, steps=steps, batch_size=128, lr=1e-3, seed=seed,

@@ -19,8 +19,8 @@ _TRAINING_COMMANDS = ("train", "quickstart", "study")
 def _passive_waits_for_cli_training() -> None:
     """`clipforge train|quickstart|study` run data workers beside PyTorch's OpenMP threads. Those
     threads busy-wait between parallel regions by default, and on a machine with few cores they then
-    fight the workers for the cores: on 2 cores the quickstart's training went from about 450 to 560
-    samples/s with passive waiting (README, performance). The policy is read once, when torch loads,
+    fight the workers for the cores: on 2 cores the quickstart's training went from 524 to 647
+    samples/s with passive waiting (benchmarks/omp_wait.py; README, Performance). The policy is read once, when torch loads,
     so it is set here, before the import; only for those console commands with data workers, and
     never over a value the user set. Library use and other commands keep OpenMP's default, which is
     faster when nothing else competes for the cores."""

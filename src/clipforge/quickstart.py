@@ -25,7 +25,7 @@ from .transforms import image_transform
 
 MODEL = "tiny-rn"  # convolutions learn shape from few images far faster than a ViT of the same size
 # One text layer instead of the preset's four: at this budget the shallower text tower learns faster per
-# second and composes colour and shape far better (measured: README, "The quickstart's model").
+# second and composes colour and shape far better (measured: README, "The quickstart's text tower").
 TEXT_LAYERS = 1
 PROMPTS = {"bare": "bare", "template": "synthetic1", "ensemble": "synthetic"}
 LABELS = ("shape", "colour", "composite")
@@ -96,17 +96,27 @@ def _calibrate(model: torch.nn.Module, dataset: Any, batch: int, workers: int) -
     return batch / result.history[-1]["samples_per_s"]
 
 
+def setup(seconds: float, seed: int = 0, batch_size: int = 128, workers: int = 1,
+          text_layers: int = TEXT_LAYERS) -> tuple[torch.nn.Module, Any, int, float]:
+    """The quickstart's model and training data, and the number of steps that fills `seconds` on this
+    machine: (model, dataset, steps, seconds per step)."""
+    import clipforge
+
+    model = clipforge.create_model(MODEL, seed=seed, text={"layers": text_layers})
+    size = model.config.vision.image_size
+    dataset, _ = build_dataset(f"synthetic:n=1000000,seed={seed}", image_transform(size, train=True), size, seed)
+    s_per_step = _calibrate(model, dataset, batch_size, workers)
+    return model, dataset, max(20, int(seconds / s_per_step)), s_per_step
+
+
 def run_quickstart(out: str | Path = "quickstart", minutes: float = 5.0, seed: int = 0, batch_size: int = 128,
                    lr: float = 1e-3, eval_images: int = 800, probe_images: int = 600, retrieval_images: int = 500,
                    workers: int = 1, progress: bool = True) -> dict[str, Any]:
     import clipforge
 
     out = Path(out)
-    model = clipforge.create_model(MODEL, seed=seed, text={"layers": TEXT_LAYERS})
+    model, dataset, steps, s_per_step = setup(minutes * 60, seed, batch_size, workers)
     size = model.config.vision.image_size
-    dataset, _ = build_dataset(f"synthetic:n=1000000,seed={seed}", image_transform(size, train=True), size, seed)
-    s_per_step = _calibrate(model, dataset, batch_size, workers)
-    steps = max(20, int(minutes * 60 / s_per_step))
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"training {MODEL} with a {TEXT_LAYERS}-layer text tower ({params:.1f}M parameters) on the synthetic "
           f"world: {steps} steps of {batch_size} (~{minutes:g} min at {s_per_step:.2f} s/step)")
