@@ -85,6 +85,37 @@ def test_trimmed_text_gives_same_embedding():
         assert torch.allclose(model.encode_text(tokens), model.encode_text(tokens[:, :longest]), atol=1e-5)
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_pooled_forward_equals_pooling_every_token(checkpointing):
+    """encode_image/encode_text skip work the pooled token does not depend on (the last block's other
+    tokens; text padding after end-of-text): embeddings and every gradient equal the full computation."""
+    torch.manual_seed(0)
+    model = clipforge.create_model("tiny-vit").train()
+    model.set_grad_checkpointing(checkpointing)
+    tokens = clipforge.tokenize(["a", "a photo of a cat", "a much longer caption about a small red square", ""])
+    tokens = tokens[:, : int((tokens != 0).sum(dim=1).max()) + 3]  # extra padding columns too
+    images = torch.randn(4, 3, model.image_size, model.image_size)
+
+    def full():
+        img = model.visual.ln_post(model.visual.tokens(images)[:, 0]) @ model.visual.proj
+        return img, model.text.pool(model.text.tokens(tokens), tokens)
+
+    results = []
+    for fn in (lambda: (model.encode_image(images), model.encode_text(tokens)), full):
+        model.zero_grad(set_to_none=True)
+        img, txt = fn()
+        (img.square().sum() + (txt * torch.linspace(-1, 1, txt.shape[1])).sum()).backward()
+        results.append((img.detach(), txt.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (img_a, txt_a, grads_a), (img_b, txt_b, grads_b) = results
+    assert torch.allclose(img_a, img_b, atol=1e-5) and torch.allclose(txt_a, txt_b, atol=1e-5)
+    assert grads_a.keys() == grads_b.keys()
+    for name, grad in grads_b.items():
+        assert (grads_a[name] is None) == (grad is None), name
+        if grad is not None:
+            assert (grads_a[name] - grad).abs().max() <= 1e-5 * grad.abs().max(), name  # fp32 summation order
+    assert grads_b["text.positional_embedding"][tokens.shape[1]:].abs().sum() == 0
+
+
 def test_initialisation_follows_openai():
     model = clipforge.create_model("ViT-B-32", seed=0)
     assert abs(model.text.token_embedding.weight.std().item() - 0.02) < 1e-3

@@ -24,23 +24,28 @@ class TextTransformer(nn.Module):
         nn.init.normal_(self.text_projection, std=width**-0.5)
         self.transformer.init_weights()
 
-    def tokens(self, text: torch.Tensor, intermediates: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Final-LayerNormed token features, (B, L, width). L may be shorter than context_length."""
+    def embed(self, text: torch.Tensor) -> torch.Tensor:
+        """Token plus position embeddings, (B, L, width). L may be shorter than context_length."""
         if text.ndim != 2 or text.shape[1] > self.context_length:
             raise ValueError(
                 f"expected token ids of shape (B, L) with L <= {self.context_length}, got {tuple(text.shape)}; "
                 "use clipforge.tokenize(texts)"
             )
-        x = self.token_embedding(text) + self.positional_embedding[: text.shape[1]]  # (B, L, D)
-        x = self.transformer(x, causal=True, intermediates=intermediates)
-        return self.ln_final(x)
+        return self.token_embedding(text) + self.positional_embedding[: text.shape[1]]  # (B, L, D)
+
+    def tokens(self, text: torch.Tensor, intermediates: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Final-LayerNormed token features, (B, L, width)."""
+        return self.ln_final(self.transformer(self.embed(text), causal=True, intermediates=intermediates))
 
     def pool(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Take each sequence's end-of-text position (its argmax id, as OpenAI does) and project."""
         return x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)] @ self.text_projection
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.tokens(text), text)  # (B, E)
+        """The end-of-text embedding, (B, E). Exact but cheaper than pooling `tokens()`: tokens after
+        each end-of-text (padding) are dropped, and the last block runs for the end-of-text token only."""
+        x = self.transformer.pooled(self.embed(text), text.argmax(dim=-1), causal=True)
+        return self.ln_final(x) @ self.text_projection
 
     def forward_intermediates(self, text: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         inter: list[torch.Tensor] = []

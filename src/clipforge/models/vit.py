@@ -25,19 +25,24 @@ class VisionTransformer(nn.Module):
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
         self.transformer.init_weights()
 
-    def tokens(self, images: torch.Tensor, intermediates: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Transformer output for all tokens, class token first: (B, 1 + grid**2, width)."""
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch, class-token and position embeddings after ln_pre: (B, 1 + grid**2, width)."""
         _check_images(images, self.image_size)
         x = self.conv1(images)  # (B, D, g, g)
         x = x.flatten(2).transpose(1, 2)  # (B, g*g, D)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (B, N, D)
-        x = self.ln_pre(x)
-        return self.transformer(x, intermediates=intermediates)
+        return self.ln_pre(x)
+
+    def tokens(self, images: torch.Tensor, intermediates: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Transformer output for all tokens, class token first: (B, 1 + grid**2, width)."""
+        return self.transformer(self.embed(images), intermediates=intermediates)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.tokens(images)
-        return self.ln_post(x[:, 0]) @ self.proj  # (B, E)
+        """The class token's embedding; the last block runs for the class token only (exact)."""
+        x = self.embed(images)
+        cls = self.transformer.pooled(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+        return self.ln_post(cls) @ self.proj  # (B, E)
 
     def forward_intermediates(self, images: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Embedding plus every block's tokens and the projected per-patch embeddings (dense tasks)."""
