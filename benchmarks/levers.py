@@ -1,13 +1,19 @@
 """Each speed lever of clipforge measured on its own, on the same inputs, with the output difference
 it causes (a lever is kept only if the outputs stay within tolerance):
 
+- precision: bf16 autocast vs fp32 (matmul peak and the quickstart model's training step), and what
+  precision "auto" picks on this machine;
 - text trimming: the text tower on captions of 5-25 words padded to 77 vs trimmed to the longest
   caption in the batch (exact for a causal tower pooled at end-of-text);
-- channels-last: a ResNet image tower in bf16 with NCHW vs channels-last memory format;
+- pooled forward: encode_image/encode_text (last block for the pooled token only, text padding after
+  end-of-text dropped) vs running every token through every block and pooling;
+- channels-last: a ResNet image tower with NCHW vs channels-last memory format;
 - optimiser: AdamW for-loop vs foreach vs fused, one step over a model's parameters;
 - torch.compile: a training step (forward, loss, backward) eager vs compiled.
 
-    python benchmarks/levers.py                          # ViT-B-32 text/optimiser, RN50 channels-last, small-vit compile
+Levers other than the first run in `--precision` (default auto: bf16 where native, else fp32).
+
+    python benchmarks/levers.py                          # ViT-B-32 text/pooled/optimiser, RN50 channels-last, small-vit compile
     python benchmarks/levers.py --quick                  # tiny presets, seconds (a smoke test)
 """
 
@@ -21,7 +27,10 @@ import torch
 import torch.nn.functional as F
 
 import clipforge
-from vs_transformers import captions
+from clipforge.precision import autocast, native_bf16, resolve_precision
+from vs_transformers import captions, matmul_peak
+
+PRECISION = "fp32"  # set in main()
 
 
 def per_s(fn, n: int, reps: int = 3, warmup: int = 1) -> float:
@@ -38,12 +47,74 @@ def text_trimming(name: str, batch: int) -> None:
     model = clipforge.create_model(name, seed=0).eval()
     tokens = clipforge.tokenize(captions(batch, random.Random(0)), truncate=True)
     longest = int((tokens != 0).sum(1).max())
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with autocast(PRECISION):
         padded = per_s(lambda: model.encode_text(tokens), batch)
         trimmed = per_s(lambda: model.encode_text(tokens[:, :longest]), batch)
     diff = (model.encode_text(tokens) - model.encode_text(tokens[:, :longest])).abs().max().item()
-    print(f"text trimming ({name}, batch {batch}, 77 -> {longest} tokens, bf16): {padded:.1f} -> {trimmed:.1f} txt/s "
+    print(f"text trimming ({name}, batch {batch}, 77 -> {longest} tokens, {PRECISION}): {padded:.1f} -> {trimmed:.1f} txt/s "
           f"({trimmed / padded:.2f}x); fp32 max |difference| {diff:.2e}")
+
+
+def precision_choice(batch: int, steps: int) -> None:
+    """bf16 autocast vs fp32 on this machine: matmul peak and the quickstart model's training step."""
+    from clipforge.quickstart import MODEL, TEXT_LAYERS
+
+    peaks = {p: matmul_peak(torch.bfloat16 if p == "bf16" else torch.float32, n=1024, reps=3)
+             for p in ("bf16", "fp32")}
+    rng = random.Random(0)
+    images = torch.randn(batch, 3, 64, 64)
+    tokens = clipforge.tokenize(captions(batch, rng), truncate=True)
+    tokens = tokens[:, : int((tokens != 0).sum(1).max())]
+    rates = {}
+    for precision in ("fp32", "bf16"):
+        model = clipforge.create_model(MODEL, seed=0, text={"layers": TEXT_LAYERS}).train()
+
+        def step() -> None:
+            with autocast(precision):
+                out = model(images, tokens)
+            clipforge.clip_loss(out.image_embeds, out.text_embeds, out.logit_scale).backward()
+
+        rates[precision] = per_s(step, batch, reps=steps)
+    print(f"precision: matmul peak bf16 {peaks['bf16'] / 1e12:.3f} vs fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s; "
+          f"{MODEL} ({TEXT_LAYERS}-layer text) training step at batch {batch}: bf16 {rates['bf16']:.1f} vs fp32 "
+          f"{rates['fp32']:.1f} pairs/s ({rates['bf16'] / rates['fp32']:.2f}x); native bf16: {native_bf16('cpu')}, "
+          f"'auto' picks {resolve_precision('auto')}")
+
+
+def pooled_forward(name: str, batch: int, reps: int) -> None:
+    """encode_image / encode_text against the every-token path they shortcut, inference and training."""
+    model = clipforge.create_model(name, seed=0)
+    size = model.config.vision.image_size
+    images = torch.randn(batch, 3, size, size)
+    tokens = clipforge.tokenize(captions(batch, random.Random(0)), truncate=True)
+    tokens = tokens[:, : int((tokens != 0).sum(1).max())]
+    real = (tokens != 0).sum().item()
+    paths = {
+        "image": (lambda: model.encode_image(images),
+                  lambda: model.visual.ln_post(model.visual.tokens(images)[:, 0]) @ model.visual.proj),
+        "text": (lambda: model.encode_text(tokens), lambda: model.text.pool(model.text.tokens(tokens), tokens)),
+    }
+    for tower, (pooled, full) in paths.items():
+        rates = {}
+        for label, fn in (("every token", full), ("pooled", pooled)):
+            model.eval()
+            with torch.no_grad(), autocast(PRECISION):
+                rates[label] = per_s(fn, batch, reps=reps)
+            model.train()
+
+            def train_step(fn=fn) -> None:
+                with autocast(PRECISION):
+                    fn().float().square().mean().backward()
+
+            rates[label + " train"] = per_s(train_step, batch, reps=reps)
+        with torch.no_grad():
+            model.eval()
+            diff = (pooled() - full()).abs().max().item()
+        extra = f", {real} of {tokens.numel()} text tokens before end-of-text" if tower == "text" else ""
+        print(f"pooled forward ({name} {tower} tower, batch {batch}{extra}, {PRECISION}): inference "
+              f"{rates['every token']:.1f} -> {rates['pooled']:.1f}/s ({rates['pooled'] / rates['every token']:.2f}x), "
+              f"forward+backward {rates['every token train']:.1f} -> {rates['pooled train']:.1f}/s "
+              f"({rates['pooled train'] / rates['every token train']:.2f}x); fp32 max |difference| {diff:.1e}")
 
 
 def channels_last(name: str, batch: int) -> None:
@@ -58,15 +129,15 @@ def channels_last(name: str, batch: int) -> None:
         model.visual.channels_last = fmt == "channels_last"  # the tower converts its input when set
 
         def train_step() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with autocast(PRECISION):
                 model.encode_image(images).float().square().mean().backward()
 
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), autocast(PRECISION):
             rates[fmt] = per_s(lambda: model.encode_image(images), batch)
             out = model.encode_image(images).float()
         rates[fmt + "_train"] = per_s(train_step, batch)
         cos = F.cosine_similarity(ref, out, dim=-1).min().item()
-        print(f"channels-last ({name}, batch {batch}, bf16): {fmt:<13} inference {rates[fmt]:6.1f} img/s, "
+        print(f"channels-last ({name}, batch {batch}, {PRECISION}): {fmt:<13} inference {rates[fmt]:6.1f} img/s, "
               f"train step {rates[fmt + '_train']:6.1f} img/s, min cosine to fp32 {cos:.5f}")
     print(f"channels-last speed-up: inference {rates['channels_last'] / rates['contiguous']:.2f}x, "
           f"train step {rates['channels_last_train'] / rates['contiguous_train']:.2f}x")
@@ -98,7 +169,7 @@ def compiled(name: str, batch: int, steps: int) -> None:
 
         def step(i: int = 0) -> torch.Tensor:
             images, tokens = data[i % 2]
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with autocast(PRECISION):
                 out = fwd(images, tokens)
             loss = clipforge.clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
             loss.backward()
@@ -109,7 +180,7 @@ def compiled(name: str, batch: int, steps: int) -> None:
         losses[mode] = step().item()  # includes compilation
         first = time.perf_counter() - t0
         rates[mode] = per_s(step, batch, reps=steps)
-        print(f"torch.compile ({name}, batch {batch}, bf16 train step without optimiser): {mode:<8} "
+        print(f"torch.compile ({name}, batch {batch}, {PRECISION} train step without optimiser): {mode:<8} "
               f"{rates[mode]:6.1f} pairs/s (first step {first:.1f} s), loss {losses[mode]:.5f}")
     print(f"torch.compile speed-up: {rates['compiled'] / rates['eager']:.2f}x; loss difference "
           f"{abs(losses['compiled'] - losses['eager']):.2e}")
@@ -118,16 +189,23 @@ def compiled(name: str, batch: int, steps: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="tiny presets and batches (a smoke test)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     args = p.parse_args()
+    global PRECISION
+    PRECISION = resolve_precision(args.precision)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, levers timed in {PRECISION}")
     if args.quick:
+        precision_choice(8, 1)
         text_trimming("tiny-vit", 16)
+        pooled_forward("tiny-vit", 8, 1)
         channels_last("tiny-rn", 8)
         optimiser("tiny-vit")
         compiled("tiny-vit", 8, 2)
         return
+    precision_choice(128, 3)
     text_trimming("ViT-B-32", 64)
+    pooled_forward("ViT-B-32", 64, 2)
     channels_last("tiny-rn", 128)
     channels_last("RN50", 32)
     optimiser("ViT-B-32")

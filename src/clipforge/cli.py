@@ -202,7 +202,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=0.2)
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 5%% of steps)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
-    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 autocast where the hardware has native bf16 matmul, else fp32")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--lock-image", action="store_true", help="freeze the image tower (LiT)")
     p.add_argument("--lock-image-unlocked", type=int, default=0, help="...but train its last N blocks")

@@ -19,6 +19,7 @@ from .eval.features import image_features
 from .eval.probe import few_shot
 from .eval.run import retrieval, write_json
 from .eval.zeroshot import zero_shot_classifier
+from .precision import resolve_precision
 from .tasks import CLIPTask
 from .train import TrainConfig, train
 from .transforms import image_transform
@@ -34,7 +35,7 @@ LABELS = ("shape", "colour", "composite")
 def _zeroshot_table(model: torch.nn.Module, n: int, size: int) -> tuple[dict[str, dict[str, float]], Any]:
     """Held-out compositions: accuracy for each label kind x prompt style (features computed once)."""
     sets = {label: synthetic_labelled("heldout", label, n, size, seed=7) for label in LABELS}
-    feats = image_features(model, sets["shape"], precision="bf16")  # same images for every label kind
+    feats = image_features(model, sets["shape"], precision="auto")  # same images for every label kind
     clfs = {(label, style): zero_shot_classifier(model, ds.classnames, templates)
             for label, ds in sets.items() for style, templates in PROMPTS.items()}
     table: dict[str, dict[str, float]] = {"shape_via_composite": {}, "shape_debiased": {}}
@@ -58,8 +59,8 @@ def _fewshot(model: torch.nn.Module, size: int, n: int) -> dict[str, Any]:
     """Shape of single objects in seen compositions (colour does not give the shape away)."""
     test = synthetic_labelled("val", "shape", n, size, seed=11)
     train_set = synthetic_labelled("val", "shape", n, size, seed=12)
-    xte = image_features(model, test, precision="bf16")
-    xtr = image_features(model, train_set, precision="bf16")
+    xte = image_features(model, test, precision="auto")
+    xtr = image_features(model, train_set, precision="auto")
     clf = zero_shot_classifier(model, test.classnames, PROMPTS["ensemble"])
     zs = (clf.logits(xte).argmax(1) == torch.tensor(test.labels)).float().mean().item()
     shots = few_shot(xtr, torch.tensor(train_set.labels), xte, torch.tensor(test.labels), ks=(1, 2, 4, 8, 16))
@@ -119,7 +120,8 @@ def run_quickstart(out: str | Path = "quickstart", minutes: float = 5.0, seed: i
     size = model.config.vision.image_size
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"training {MODEL} with a {TEXT_LAYERS}-layer text tower ({params:.1f}M parameters) on the synthetic "
-          f"world: {steps} steps of {batch_size} (~{minutes:g} min at {s_per_step:.2f} s/step)")
+          f"world: {steps} steps of {batch_size} (~{minutes:g} min at {s_per_step:.2f} s/step, "
+          f"{resolve_precision('auto')})")
 
     def curve(m: torch.nn.Module) -> dict[str, float]:
         table, _ = _zeroshot_table(m, 200, size)
@@ -139,7 +141,7 @@ def run_quickstart(out: str | Path = "quickstart", minutes: float = 5.0, seed: i
     _figure(model, comp_ds, comp_feats, out / "predictions.png")
     report = {
         "model": MODEL, "text_layers": TEXT_LAYERS, "steps": steps, "batch_size": batch_size,
-        "train_seconds": round(train_seconds, 1),
+        "precision": result.precision, "train_seconds": round(train_seconds, 1),
         "images_seen": steps * batch_size, "final_train_loss": result.final_loss,
         "heldout_shape_top1": table["shape"], "heldout_colour_top1": table["colour"],
         "heldout_composite_top1": table["composite"],
@@ -197,7 +199,8 @@ def _findings(r: dict[str, Any]) -> list[str]:
 def render_markdown(r: dict[str, Any]) -> str:
     lines = ["# clipforge quickstart report\n",
              f"{r['model']} ({r['text_layers']}-layer text tower) trained from scratch for {r['steps']} steps x "
-             f"{r['batch_size']} = {r['images_seen']:,} images in {r['train_seconds']:.0f} s (final training loss "
+             f"{r['batch_size']} = {r['images_seen']:,} images in {r['train_seconds']:.0f} s in {r.get('precision', 'bf16')} "
+             f"(final training loss "
              f"{r['final_train_loss']:.3f}).\n",
              f"## Zero-shot top-1 on held-out colour-shape combinations ({r['eval_images']} images)\n",
              "| label | bare `{}` | `a photo of a {}.` | 8-template ensemble | chance |", "|---|---|---|---|---|"]

@@ -124,7 +124,7 @@ def run_efficiency_study(out: str | Path = "study-efficiency", data: str = "synt
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         res = {}
         for name, ds in evalsets.items():
-            feats = image_features(m, ds, precision="bf16")
+            feats = image_features(m, ds, precision="auto")
             logits = zero_shot_logits(m, feats, ds.classnames, templates)
             res[f"zeroshot_{name}"] = (logits.argmax(1) == torch.tensor(ds.labels)).float().mean().item()
         return res

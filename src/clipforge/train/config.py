@@ -23,7 +23,7 @@ class TrainConfig:
     eps: float = 1e-6
     warmup: int | None = None  # linear warm-up steps (default: 5% of steps, at most 500)
     grad_clip: float | None = 1.0  # max global gradient norm (None: no clipping)
-    precision: str = "bf16"  # "bf16" autocast (fp32 loss and normalisation) or "fp32"
+    precision: str = "auto"  # "bf16" autocast (fp32 loss and normalisation), "fp32", or "auto": bf16 where native
     grad_checkpointing: bool = False
     lock_image: bool = False  # freeze the image tower ...
     lock_image_unlocked: int = 0  # ... except its last N blocks/stages (LiT when 0)
@@ -47,8 +47,8 @@ class TrainConfig:
             raise ConfigError("steps/epochs must be positive")
         if self.batch_size <= 0 or self.accum_steps <= 0 or self.batch_size % self.accum_steps:
             raise ConfigError(f"batch_size {self.batch_size} must be a positive multiple of accum_steps {self.accum_steps}")
-        if self.precision not in ("bf16", "fp32"):
-            raise ConfigError(f"precision must be 'bf16' or 'fp32', got {self.precision!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         if self.on_nan not in ("stop", "skip"):
             raise ConfigError(f"on_nan must be 'stop' or 'skip', got {self.on_nan!r}")
 

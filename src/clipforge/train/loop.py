@@ -24,6 +24,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from .. import distributed as D
 from ..errors import ClipforgeError
+from ..precision import autocast, resolve_precision
 from .checkpoint import (load_training_state, remove_stale_temporaries, rng_state, save_training_state,
                          set_rng_state)
 from .config import TrainConfig
@@ -52,6 +53,7 @@ class TrainResult:
     skipped_steps: int
     data_wait_frac: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    precision: str = "fp32"  # what the run computed in ("auto" resolved for its device)
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -68,12 +70,13 @@ def _split(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
 class _Stepper:
     """Computes gradients for one global step (plain or gradient-cached accumulation)."""
 
-    def __init__(self, task: Task, model: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+    def __init__(self, task: Task, model: nn.Module, cfg: TrainConfig, device: torch.device,
+                 precision: str | None = None) -> None:
         self.task, self.model, self.cfg, self.device = task, model, cfg, device
+        self.precision = precision or resolve_precision(cfg.precision, device)
 
     def _forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        bf16 = self.cfg.precision == "bf16"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(self.precision, self.device):
             return self.task.forward(self.model, batch)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -143,7 +146,8 @@ class _Trainer:
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.rank == 0, truncate_after=self.step)
         self.loader = make_loader(dataset, cfg.batch_size, self.rank, self.world, cfg.seed, self.step,
                                   cfg.workers, getattr(task, "context_length", 77))
-        self.stepper = _Stepper(task, self.ddp, cfg, self.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.stepper = _Stepper(task, self.ddp, cfg, self.device, self.precision)
 
     def _restore(self) -> None:
         state = load_training_state(self.ckpt_path)
@@ -231,7 +235,8 @@ class _Trainer:
         done = self.step - start_step
         rows = self.metrics.rows
         return TrainResult(self.step, loss, seconds, done * cfg.batch_size / max(seconds, 1e-9), self.skipped_samples,
-                           self.skipped_steps, sum(r.get("data_wait_frac", 0) for r in rows) / max(1, len(rows)), rows)
+                           self.skipped_steps, sum(r.get("data_wait_frac", 0) for r in rows) / max(1, len(rows)), rows,
+                           self.precision)
 
     def _log_row(self, losses: dict[str, torch.Tensor], loss: float, grad_norm: float | None,
                  samples_per_s: float, wait_frac: float) -> dict[str, Any]:
