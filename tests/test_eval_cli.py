@@ -89,6 +89,23 @@ def test_quickstart_short_run_writes_its_report(tmp_path):
     assert report["findings"] == saved["findings"]
 
 
+def test_quickstart_default_budget_keeps_the_steps_held_out_shapes_need(tmp_path, monkeypatch):
+    """Default budget: 5 minutes, stretched to MIN_STEPS on a slow machine; an explicit --minutes is kept."""
+    import clipforge.quickstart as qs
+
+    calls = []
+
+    def fake_setup(seconds, seed, batch_size, workers, min_steps):
+        calls.append((seconds, min_steps))
+        raise KeyboardInterrupt  # stop before training
+
+    monkeypatch.setattr(qs, "setup", fake_setup)
+    for minutes in (None, 2.0):
+        with pytest.raises(KeyboardInterrupt):
+            qs.run_quickstart(tmp_path / "qs", minutes=minutes, progress=False)
+    assert calls == [(qs.DEFAULT_MINUTES * 60, qs.MIN_STEPS), (120.0, 20)]
+
+
 def test_probe_on_class_folders_without_train_split_is_refused(ckpt, tmp_path):
     for name in ("a", "b"):
         (tmp_path / "flat" / name).mkdir(parents=True)

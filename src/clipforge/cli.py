@@ -257,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_convert)
     p = sub.add_parser("quickstart", help="train a small CLIP on the synthetic world and report what it learned")
     p.add_argument("--out", default="quickstart")
-    p.add_argument("--minutes", type=float, default=5.0, help="training budget (calibrated to this machine)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="training budget, calibrated to this machine (default: 5, stretched on slow machines to "
+                        "the ~1,500 steps held-out shapes need)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_quickstart)
