@@ -41,7 +41,7 @@ def run(layers: int, budget: float, seed: int, eval_images: int) -> dict:
     table, _ = _zeroshot_table(model, eval_images, size)
     seen = synthetic_labelled("val", "shape", eval_images, size, seed=11)
     clf = zero_shot_classifier(model, seen.classnames, PROMPTS["ensemble"])
-    feats = image_features(model, seen, precision="bf16")
+    feats = image_features(model, seen, precision="auto")
     seen_acc = (clf.logits(feats).argmax(1) == torch.tensor(seen.labels)).float().mean().item()
     return {"text_layers": layers, "steps": steps, "s_per_step": round(s_per_step, 3), "train_seconds": round(seconds, 1),
             "heldout_shape": table["shape"]["ensemble"], "heldout_shape_debiased": table["shape_debiased"]["ensemble"],

@@ -1,7 +1,7 @@
 """Which precision to compute in. bf16 autocast is the speed lever where the hardware multiplies bf16
 matrices natively (recent GPUs; CPUs with AVX512-BF16 or AMX). Elsewhere PyTorch emulates bf16 and it
 is far slower than fp32 (a 2048^2 matmul ran ~400x slower on an AVX2-only CPU here), so "auto", the
-default everywhere, picks bf16 only where it is native."""
+default for training, the quickstart and the study, picks bf16 only where it is native."""
 
 from __future__ import annotations
 
