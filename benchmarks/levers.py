@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import clipforge
 from clipforge.precision import autocast, native_bf16, resolve_precision
-from vs_transformers import captions, matmul_peak
+from vs_transformers import batch as make_batch, captions, matmul_peak
 
 PRECISION = "fp32"  # set in main()
 
@@ -75,10 +75,7 @@ def precision_choice(batch: int, steps: int) -> None:
 
     peaks = {p: matmul_peak(torch.bfloat16 if p == "bf16" else torch.float32, n=1024, reps=3)
              for p in ("bf16", "fp32")}
-    rng = random.Random(0)
-    images = torch.randn(batch, 3, 64, 64)
-    tokens = clipforge.tokenize(captions(batch, rng), truncate=True)
-    tokens = tokens[:, : int((tokens != 0).sum(1).max())]
+    images, tokens, _ = make_batch(batch, clipforge.get_config(MODEL).vision.image_size, random.Random(0))
     rates = {}
     for precision in ("fp32", "bf16"):
         model = clipforge.create_model(MODEL, seed=0, text={"layers": TEXT_LAYERS}).train()
@@ -98,11 +95,8 @@ def precision_choice(batch: int, steps: int) -> None:
 def pooled_forward(name: str, batch: int, reps: int) -> None:
     """encode_image / encode_text against the every-token path they shortcut, inference and training."""
     model = clipforge.create_model(name, seed=0)
-    size = model.config.vision.image_size
-    images = torch.randn(batch, 3, size, size)
-    tokens = clipforge.tokenize(captions(batch, random.Random(0)), truncate=True)
-    tokens = tokens[:, : int((tokens != 0).sum(1).max())]
-    real = (tokens != 0).sum().item()
+    images, tokens, mask = make_batch(batch, model.config.vision.image_size, random.Random(0))
+    real = int(mask.sum())
     paths = {
         "image": (lambda: model.encode_image(images),
                   lambda: model.visual.ln_post(model.visual.tokens(images)[:, 0]) @ model.visual.proj),

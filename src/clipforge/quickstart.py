@@ -19,7 +19,6 @@ from .eval.features import image_features
 from .eval.probe import few_shot
 from .eval.run import retrieval, write_json
 from .eval.zeroshot import zero_shot_classifier
-from .precision import resolve_precision
 from .tasks import CLIPTask
 from .train import TrainConfig, train
 from .transforms import image_transform
@@ -126,8 +125,7 @@ def run_quickstart(out: str | Path = "quickstart", minutes: float | None = None,
     size = model.config.vision.image_size
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"training {MODEL} with a {TEXT_LAYERS}-layer text tower ({params:.1f}M parameters) on the synthetic "
-          f"world: {steps} steps of {batch_size} (~{steps * s_per_step / 60:.1f} min at {s_per_step:.2f} s/step, "
-          f"{resolve_precision('auto')})")
+          f"world: {steps} steps of {batch_size} (~{steps * s_per_step / 60:.1f} min at {s_per_step:.2f} s/step)")
     if steps * s_per_step > budget * 60 * 1.05:
         print(f"  (more than the {budget:g}-minute budget: held-out shapes need about {MIN_STEPS} steps, which this "
               f"machine cannot fit in {budget:g} min; pass --minutes {budget:g} to keep to the budget)")
