@@ -30,14 +30,17 @@ def main() -> None:
     size = model.config.vision.image_size
     ds, _ = build_dataset("synthetic:n=100000", clipforge.image_transform(size, train=True), size)
     with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(out=out, steps=args.steps, batch_size=args.batch, workers=args.workers, progress=False,
-                          log_every=10)
+        cfg = TrainConfig(
+            out=out, steps=args.steps, batch_size=args.batch, workers=args.workers, progress=False, log_every=10
+        )
         res = train(CLIPTask(model), ds, cfg)
     rows = [r for r in res.history if "data_wait_frac" in r]
     steady = [r["data_wait_frac"] for r in rows[1:]] or [rows[0]["data_wait_frac"]]
-    print(f"{args.model}, batch {args.batch}, {args.workers} worker(s): {res.samples_per_s:.0f} samples/s; "
-          f"waiting for data {sum(steady) / len(steady):.1%} of step time (first window incl. start-up: "
-          f"{rows[0]['data_wait_frac']:.1%})")
+    print(
+        f"{args.model}, batch {args.batch}, {args.workers} worker(s): {res.samples_per_s:.0f} samples/s; "
+        f"waiting for data {sum(steady) / len(steady):.1%} of step time (first window incl. start-up: "
+        f"{rows[0]['data_wait_frac']:.1%})"
+    )
 
 
 if __name__ == "__main__":

@@ -15,13 +15,29 @@ from pathlib import Path
 
 import torch
 
-GPU_DEFAULTS = ["--device", "cuda", "--model", "ViT-B-32", "--batch", "256", "--embed-batch", "512", "--steps", "10",
-                "--loss-steps", "20", "--optimizer", "fused"]
+GPU_DEFAULTS = [
+    "--device",
+    "cuda",
+    "--model",
+    "ViT-B-32",
+    "--batch",
+    "256",
+    "--embed-batch",
+    "512",
+    "--steps",
+    "10",
+    "--loss-steps",
+    "20",
+    "--optimizer",
+    "fused",
+]
 
 if __name__ == "__main__":
     if not torch.cuda.is_available():
-        sys.exit("gpu_train.py needs a CUDA GPU (torch.cuda.is_available() is False); "
-                 "use vs_transformers.py for the CPU benchmark")
+        sys.exit(
+            "gpu_train.py needs a CUDA GPU (torch.cuda.is_available() is False); "
+            "use vs_transformers.py for the CPU benchmark"
+        )
     sys.path.insert(0, str(Path(__file__).parent))
     import vs_transformers
 

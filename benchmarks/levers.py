@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 import clipforge
 from clipforge.precision import autocast, native_bf16, resolve_precision
-from vs_transformers import batch as make_batch, captions, matmul_peak
+from vs_transformers import batch as make_batch
+from vs_transformers import captions, matmul_peak
 
 PRECISION = "fp32"  # set in main()
 
@@ -65,16 +66,17 @@ def text_trimming(name: str, batch: int) -> None:
         padded = per_s(lambda: model.encode_text(tokens), batch)
         trimmed = per_s(lambda: model.encode_text(tokens[:, :longest]), batch)
     diff = (model.encode_text(tokens) - model.encode_text(tokens[:, :longest])).abs().max().item()
-    print(f"text trimming ({name}, batch {batch}, 77 -> {longest} tokens, {PRECISION}): {padded:.1f} -> {trimmed:.1f} txt/s "
-          f"({trimmed / padded:.2f}x); fp32 max |difference| {diff:.2e}")
+    print(
+        f"text trimming ({name}, batch {batch}, 77 -> {longest} tokens, {PRECISION}): {padded:.1f} -> {trimmed:.1f} txt/s "
+        f"({trimmed / padded:.2f}x); fp32 max |difference| {diff:.2e}"
+    )
 
 
 def precision_choice(batch: int, steps: int) -> None:
     """bf16 autocast vs fp32 on this machine: matmul peak and the quickstart model's training step."""
     from clipforge.quickstart import MODEL, TEXT_LAYERS
 
-    peaks = {p: matmul_peak(torch.bfloat16 if p == "bf16" else torch.float32, n=1024, reps=3)
-             for p in ("bf16", "fp32")}
+    peaks = {p: matmul_peak(torch.bfloat16 if p == "bf16" else torch.float32, n=1024, reps=3) for p in ("bf16", "fp32")}
     images, tokens, _ = make_batch(batch, clipforge.get_config(MODEL).vision.image_size, random.Random(0))
     rates = {}
     for precision in ("fp32", "bf16"):
@@ -86,10 +88,12 @@ def precision_choice(batch: int, steps: int) -> None:
             clipforge.clip_loss(out.image_embeds, out.text_embeds, out.logit_scale).backward()
 
         rates[precision] = per_s(step, batch, reps=steps)
-    print(f"precision: matmul peak bf16 {peaks['bf16'] / 1e12:.3f} vs fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s; "
-          f"{MODEL} ({TEXT_LAYERS}-layer text) training step at batch {batch}: bf16 {rates['bf16']:.1f} vs fp32 "
-          f"{rates['fp32']:.1f} pairs/s ({rates['bf16'] / rates['fp32']:.2f}x); native bf16: {native_bf16('cpu')}, "
-          f"'auto' picks {resolve_precision('auto')}")
+    print(
+        f"precision: matmul peak bf16 {peaks['bf16'] / 1e12:.3f} vs fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s; "
+        f"{MODEL} ({TEXT_LAYERS}-layer text) training step at batch {batch}: bf16 {rates['bf16']:.1f} vs fp32 "
+        f"{rates['fp32']:.1f} pairs/s ({rates['bf16'] / rates['fp32']:.2f}x); native bf16: {native_bf16('cpu')}, "
+        f"'auto' picks {resolve_precision('auto')}"
+    )
 
 
 def pooled_forward(name: str, batch: int, reps: int) -> None:
@@ -98,10 +102,13 @@ def pooled_forward(name: str, batch: int, reps: int) -> None:
     images, tokens, mask = make_batch(batch, model.config.vision.image_size, random.Random(0))
     real = int(mask.sum())
     paths = {
-        "image": (lambda: model.encode_image(images),
-                  lambda: model.visual.ln_post(model.visual.tokens(images)[:, 0]) @ model.visual.proj),
+        "image": (
+            lambda: model.encode_image(images),
+            lambda: model.visual.ln_post(model.visual.tokens(images)[:, 0]) @ model.visual.proj,
+        ),
         "text": (lambda: model.encode_text(tokens), lambda: model.text.pool(model.text.tokens(tokens), tokens)),
     }
+
     def train_step(fn) -> None:
         with autocast(PRECISION):
             fn().float().square().mean().backward()
@@ -111,16 +118,21 @@ def pooled_forward(name: str, batch: int, reps: int) -> None:
         with torch.no_grad(), autocast(PRECISION):
             rates = alternating({"every token": full, "pooled": pooled}, batch, reps)
         model.train()
-        rates.update(alternating({"every token train": lambda: train_step(full),
-                                  "pooled train": lambda: train_step(pooled)}, batch, reps))
+        rates.update(
+            alternating(
+                {"every token train": lambda: train_step(full), "pooled train": lambda: train_step(pooled)}, batch, reps
+            )
+        )
         with torch.no_grad():
             model.eval()
             diff = (pooled() - full()).abs().max().item()
         extra = f", {real} of {tokens.numel()} text tokens before end-of-text" if tower == "text" else ""
-        print(f"pooled forward ({name} {tower} tower, batch {batch}{extra}, {PRECISION}): inference "
-              f"{rates['every token']:.1f} -> {rates['pooled']:.1f}/s ({rates['pooled'] / rates['every token']:.2f}x), "
-              f"forward+backward {rates['every token train']:.1f} -> {rates['pooled train']:.1f}/s "
-              f"({rates['pooled train'] / rates['every token train']:.2f}x); fp32 max |difference| {diff:.1e}")
+        print(
+            f"pooled forward ({name} {tower} tower, batch {batch}{extra}, {PRECISION}): inference "
+            f"{rates['every token']:.1f} -> {rates['pooled']:.1f}/s ({rates['pooled'] / rates['every token']:.2f}x), "
+            f"forward+backward {rates['every token train']:.1f} -> {rates['pooled train']:.1f}/s "
+            f"({rates['pooled train'] / rates['every token train']:.2f}x); fp32 max |difference| {diff:.1e}"
+        )
 
 
 def channels_last(name: str, batch: int) -> None:
@@ -143,10 +155,14 @@ def channels_last(name: str, batch: int) -> None:
             out = model.encode_image(images).float()
         rates[fmt + "_train"] = per_s(train_step, batch)
         cos = F.cosine_similarity(ref, out, dim=-1).min().item()
-        print(f"channels-last ({name}, batch {batch}, {PRECISION}): {fmt:<13} inference {rates[fmt]:6.1f} img/s, "
-              f"train step {rates[fmt + '_train']:6.1f} img/s, min cosine to fp32 {cos:.5f}")
-    print(f"channels-last speed-up: inference {rates['channels_last'] / rates['contiguous']:.2f}x, "
-          f"train step {rates['channels_last_train'] / rates['contiguous_train']:.2f}x")
+        print(
+            f"channels-last ({name}, batch {batch}, {PRECISION}): {fmt:<13} inference {rates[fmt]:6.1f} img/s, "
+            f"train step {rates[fmt + '_train']:6.1f} img/s, min cosine to fp32 {cos:.5f}"
+        )
+    print(
+        f"channels-last speed-up: inference {rates['channels_last'] / rates['contiguous']:.2f}x, "
+        f"train step {rates['channels_last_train'] / rates['contiguous_train']:.2f}x"
+    )
 
 
 def optimiser(name: str) -> None:
@@ -159,15 +175,19 @@ def optimiser(name: str) -> None:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5, **kw)
         results[kind] = 1 / per_s(opt.step, 1, reps=5)
     n = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"AdamW step over {name} ({n:.0f}M parameters): " +
-          ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in results.items()))
+    print(
+        f"AdamW step over {name} ({n:.0f}M parameters): "
+        + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in results.items())
+    )
 
 
 def compiled(name: str, batch: int, steps: int) -> None:
     rng = random.Random(0)
     size = clipforge.get_config(name).vision.image_size
-    data = [(torch.randn(batch, 3, size, size), clipforge.tokenize(captions(batch, rng), truncate=True)[:, :32])
-            for _ in range(2)]
+    data = [
+        (torch.randn(batch, 3, size, size), clipforge.tokenize(captions(batch, rng), truncate=True)[:, :32])
+        for _ in range(2)
+    ]
     losses, rates = {}, {}
     for mode in ("eager", "compiled"):
         model = clipforge.create_model(name, seed=0).train()
@@ -186,10 +206,14 @@ def compiled(name: str, batch: int, steps: int) -> None:
         losses[mode] = step().item()  # includes compilation
         first = time.perf_counter() - t0
         rates[mode] = per_s(step, batch, reps=steps)
-        print(f"torch.compile ({name}, batch {batch}, {PRECISION} train step without optimiser): {mode:<8} "
-              f"{rates[mode]:6.1f} pairs/s (first step {first:.1f} s), loss {losses[mode]:.5f}")
-    print(f"torch.compile speed-up: {rates['compiled'] / rates['eager']:.2f}x; loss difference "
-          f"{abs(losses['compiled'] - losses['eager']):.2e}")
+        print(
+            f"torch.compile ({name}, batch {batch}, {PRECISION} train step without optimiser): {mode:<8} "
+            f"{rates[mode]:6.1f} pairs/s (first step {first:.1f} s), loss {losses[mode]:.5f}"
+        )
+    print(
+        f"torch.compile speed-up: {rates['compiled'] / rates['eager']:.2f}x; loss difference "
+        f"{abs(losses['compiled'] - losses['eager']):.2e}"
+    )
 
 
 def main() -> None:

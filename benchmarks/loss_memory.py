@@ -32,8 +32,19 @@ def _case(kind: str, n: int, dim: int, chunk: int) -> None:
     loss.backward()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"kind": kind, "n": n, "dim": dim, "chunk": chunk, "loss": loss.item(),
-                      "peak_extra_mib": (peak - base) / 1024, "seconds": seconds}))
+    print(
+        json.dumps(
+            {
+                "kind": kind,
+                "n": n,
+                "dim": dim,
+                "chunk": chunk,
+                "loss": loss.item(),
+                "peak_extra_mib": (peak - base) / 1024,
+                "seconds": seconds,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -54,17 +65,25 @@ def main() -> None:
             if kind == "plain" and n > args.plain_max:
                 print(f"plain   N={n:>6}: skipped (its {n}x{n} fp32 logits alone are {n * n * 4 / 2**30:.1f} GiB)")
                 continue
-            out = subprocess.run([sys.executable, __file__, "--dim", str(args.dim), "--case", kind, str(n),
-                                  str(args.chunk)], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--dim", str(args.dim), "--case", kind, str(n), str(args.chunk)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             row = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(row)
-            print(f"{kind:<7} N={n:>6}: loss {row['loss']:.5f}  peak +{row['peak_extra_mib']:8.1f} MiB  "
-                  f"{row['seconds']:6.1f} s")
+            print(
+                f"{kind:<7} N={n:>6}: loss {row['loss']:.5f}  peak +{row['peak_extra_mib']:8.1f} MiB  "
+                f"{row['seconds']:6.1f} s"
+            )
     for n in args.n:
         pair = {r["kind"]: r for r in rows if r["n"] == n}
         if len(pair) == 2:
-            print(f"N={n}: chunked uses {pair['plain']['peak_extra_mib'] / pair['chunked']['peak_extra_mib']:.1f}x "
-                  f"less peak memory; losses differ by {abs(pair['plain']['loss'] - pair['chunked']['loss']):.2e}")
+            print(
+                f"N={n}: chunked uses {pair['plain']['peak_extra_mib'] / pair['chunked']['peak_extra_mib']:.1f}x "
+                f"less peak memory; losses differ by {abs(pair['plain']['loss'] - pair['chunked']['loss']):.2e}"
+            )
 
 
 if __name__ == "__main__":

@@ -28,9 +28,26 @@ def main() -> None:
         for workers in (1, 0):
             for policy in ("default", "PASSIVE"):
                 env = dict(base, **({} if policy == "default" else {"OMP_WAIT_POLICY": policy}))
-                out = subprocess.run([sys.executable, str(script), "--model", "tiny-rn", "--text-layers", "1",
-                                      "--batch", "128", "--steps", str(args.steps), "--workers", str(workers)],
-                                     env=env, capture_output=True, text=True, check=True).stdout
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        str(script),
+                        "--model",
+                        "tiny-rn",
+                        "--text-layers",
+                        "1",
+                        "--batch",
+                        "128",
+                        "--steps",
+                        str(args.steps),
+                        "--workers",
+                        str(workers),
+                    ],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
                 rate = float(re.search(r"([\d.]+) samples/s", out).group(1))
                 results.setdefault((workers, policy), []).append(rate)
                 print(f"workers={workers} OMP_WAIT_POLICY={policy}: {out.strip()}", flush=True)

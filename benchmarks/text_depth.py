@@ -34,8 +34,13 @@ def run(layers: int, budget: float, seed: int, eval_images: int) -> dict:
     size = model.config.vision.image_size
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        train(CLIPTask(model), dataset, TrainConfig(out=tmp, steps=steps, batch_size=128, lr=1e-3, seed=seed,
-                                                    progress=False, log_every=max(1, steps // 10)))
+        train(
+            CLIPTask(model),
+            dataset,
+            TrainConfig(
+                out=tmp, steps=steps, batch_size=128, lr=1e-3, seed=seed, progress=False, log_every=max(1, steps // 10)
+            ),
+        )
         seconds = time.perf_counter() - t0
     model.eval()
     table, _ = _zeroshot_table(model, eval_images, size)
@@ -43,9 +48,16 @@ def run(layers: int, budget: float, seed: int, eval_images: int) -> dict:
     clf = zero_shot_classifier(model, seen.classnames, PROMPTS["ensemble"])
     feats = image_features(model, seen, precision="auto")
     seen_acc = (clf.logits(feats).argmax(1) == torch.tensor(seen.labels)).float().mean().item()
-    return {"text_layers": layers, "steps": steps, "s_per_step": round(s_per_step, 3), "train_seconds": round(seconds, 1),
-            "heldout_shape": table["shape"]["ensemble"], "heldout_shape_debiased": table["shape_debiased"]["ensemble"],
-            "heldout_composite": table["composite"]["ensemble"], "seen_shape": seen_acc}
+    return {
+        "text_layers": layers,
+        "steps": steps,
+        "s_per_step": round(s_per_step, 3),
+        "train_seconds": round(seconds, 1),
+        "heldout_shape": table["shape"]["ensemble"],
+        "heldout_shape_debiased": table["shape_debiased"]["ensemble"],
+        "heldout_composite": table["composite"]["ensemble"],
+        "seen_shape": seen_acc,
+    }
 
 
 def main() -> None:
@@ -56,17 +68,23 @@ def main() -> None:
     ap.add_argument("--eval-images", type=int, default=800)
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"{MODEL}, batch 128, {args.budget:g} s of training per depth")
+    print(
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"{MODEL}, batch 128, {args.budget:g} s of training per depth"
+    )
     rows = []
     for layers in (int(x) for x in args.layers.split(",")):
         rows.append(run(layers, args.budget, args.seed, args.eval_images))
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| text layers | steps | s/step | held-out shape | held-out shape, debiased | held-out composite | seen shape |")
+    print(
+        "\n| text layers | steps | s/step | held-out shape | held-out shape, debiased | held-out composite | seen shape |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['text_layers']} | {r['steps']} | {r['s_per_step']:.3f} | {r['heldout_shape']:.1%} | "
-              f"{r['heldout_shape_debiased']:.1%} | {r['heldout_composite']:.1%} | {r['seen_shape']:.1%} |")
+        print(
+            f"| {r['text_layers']} | {r['steps']} | {r['s_per_step']:.3f} | {r['heldout_shape']:.1%} | "
+            f"{r['heldout_shape_debiased']:.1%} | {r['heldout_composite']:.1%} | {r['seen_shape']:.1%} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

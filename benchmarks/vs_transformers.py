@@ -32,8 +32,10 @@ import torch.nn.functional as F
 import clipforge
 from clipforge import hf as cf_hf
 
-WORDS = ("a photo of the red blue green small large dog cat bird car tree house person street sky water "
-         "on in near with two three old young running sitting field city beach night day white black").split()
+WORDS = (
+    "a photo of the red blue green small large dog cat bird car tree house person street sky water "
+    "on in near with two three old young running sitting field city beach night day white black"
+).split()
 
 
 def captions(n: int, rng: random.Random) -> list[str]:
@@ -67,8 +69,10 @@ def _heap_in_use() -> int:
     import ctypes
 
     class MallInfo2(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in
-                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+        _fields_ = [
+            (n, ctypes.c_size_t)
+            for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+        ]
 
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = MallInfo2
@@ -109,8 +113,9 @@ def build(name: str):
 
     ours = clipforge.create_model(name, seed=0)
     cfg = cf_hf.config_to_hf(ours.config)
-    hf_cfg = transformers.CLIPConfig(text_config=cfg["text_config"], vision_config=cfg["vision_config"],
-                                     projection_dim=cfg["projection_dim"])
+    hf_cfg = transformers.CLIPConfig(
+        text_config=cfg["text_config"], vision_config=cfg["vision_config"], projection_dim=cfg["projection_dim"]
+    )
     theirs = transformers.CLIPModel(hf_cfg)
     try:
         theirs.set_attn_implementation("sdpa")
@@ -139,6 +144,7 @@ def train_step_fn(side: str, model, opt):
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.detach().float()
+
     return step
 
 
@@ -172,10 +178,16 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--loss-steps", type=int, default=20, help="steps for the bf16-vs-fp32 loss check")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--optimizer", choices=["foreach", "fused"], default="foreach", help="AdamW implementation (both sides)")
+    p.add_argument(
+        "--optimizer", choices=["foreach", "fused"], default="foreach", help="AdamW implementation (both sides)"
+    )
     p.add_argument("--compile", action="store_true", help="also time clipforge under torch.compile")
-    p.add_argument("--precision", choices=["auto", "both", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 and fp32 where bf16 is native on the device, else fp32 only")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "both", "bf16", "fp32"],
+        default="auto",
+        help="auto: bf16 and fp32 where bf16 is native on the device, else fp32 only",
+    )
     args = p.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
@@ -185,14 +197,19 @@ def main() -> None:
 
     native = native_bf16(DEVICE)
     precisions = {"auto": ["bf16", "fp32"] if native else ["fp32"], "both": ["bf16", "fp32"]}.get(
-        args.precision, [args.precision])
+        args.precision, [args.precision]
+    )
     if "bf16" not in precisions:
         print("bf16 is emulated on this machine (no native bf16 matmul): timing fp32 only (--precision both to force)")
-    peaks = {"bf16": matmul_peak(torch.bfloat16) if "bf16" in precisions else float("nan"),
-             "fp32": matmul_peak(torch.float32)}
+    peaks = {
+        "bf16": matmul_peak(torch.bfloat16) if "bf16" in precisions else float("nan"),
+        "fp32": matmul_peak(torch.float32),
+    }
     where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{platform.machine()} CPU"
-    print(f"machine: {where}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"matmul peak bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s, fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s")
+    print(
+        f"machine: {where}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"matmul peak bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s, fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s"
+    )
     size = clipforge.get_config(args.model).vision.image_size
     data = [batch(args.batch, size, rng) for _ in range(4)]
     embed = [batch(args.embed_batch, size, rng) for _ in range(2)]
@@ -233,17 +250,26 @@ def main() -> None:
                     r[f"{case}_mfu"] = nominal / sec / peaks[precision]
                     r[f"{case}_hfu"] = flops[case] / sec / peaks[precision]
             results[(precision, side)] = r
-            print(f"{precision} {side:<18}: " + ", ".join(
-                f"{label} {r[case]:7.1f} {unit}/s (MFU {r[case + '_mfu']:.1%}, executed {r[case + '_hfu']:.1%}, "
-                f"+{r[case + '_mib']:.0f} MiB)"
-                for case, label, unit in (("train", "train", "pairs"), ("image", "image embed", "img"),
-                                          ("text", "text embed", "txt"))))
+            print(
+                f"{precision} {side:<18}: "
+                + ", ".join(
+                    f"{label} {r[case]:7.1f} {unit}/s (MFU {r[case + '_mfu']:.1%}, executed {r[case + '_hfu']:.1%}, "
+                    f"+{r[case + '_mib']:.0f} MiB)"
+                    for case, label, unit in (
+                        ("train", "train", "pairs"),
+                        ("image", "image embed", "img"),
+                        ("text", "text embed", "txt"),
+                    )
+                )
+            )
         b = results[(precision, "transformers")]
         for side in sides:
             if side != "transformers":
                 a = results[(precision, side)]
-                print(f"{precision} ratio {side}/transformers: train {a['train'] / b['train']:.2f}x, image "
-                      f"{a['image'] / b['image']:.2f}x, text {a['text'] / b['text']:.2f}x")
+                print(
+                    f"{precision} ratio {side}/transformers: train {a['train'] / b['train']:.2f}x, image "
+                    f"{a['image'] / b['image']:.2f}x, text {a['text'] / b['text']:.2f}x"
+                )
     # numerical checks: bf16 training loss after N steps vs fp32, and bf16 image embeddings vs fp32
     if "bf16" not in precisions or args.loss_steps <= 0:
         return
@@ -261,8 +287,10 @@ def main() -> None:
             low = ours.encode_image(embed[0][0]).float()
     cos = F.cosine_similarity(ref, low, dim=-1).min().item()
     rel = abs(losses["bf16"] - losses["fp32"]) / losses["fp32"]
-    print(f"loss after {args.loss_steps} steps: bf16 {losses['bf16']:.4f} vs fp32 {losses['fp32']:.4f} "
-          f"({rel:.2%} apart); bf16 image embeddings: min cosine to fp32 {cos:.5f}")
+    print(
+        f"loss after {args.loss_steps} steps: bf16 {losses['bf16']:.4f} vs fp32 {losses['fp32']:.4f} "
+        f"({rel:.2%} apart); bf16 image embeddings: min cosine to fp32 {cos:.5f}"
+    )
 
 
 if __name__ == "__main__":

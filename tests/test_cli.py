@@ -33,14 +33,17 @@ def test_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     assert err.startswith("clipforge: error: checkpoint not found") and "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv, env, expected", [
-    (["/venv/bin/clipforge", "quickstart"], {}, "PASSIVE"),
-    (["/venv/bin/clipforge", "train", "--data", "synthetic"], {}, "PASSIVE"),
-    (["/venv/bin/clipforge", "train", "--workers", "0"], {}, None),  # no workers: nothing competes
-    (["/venv/bin/clipforge", "eval"], {}, None),  # not a training command
-    (["/venv/bin/clipforge", "quickstart"], {"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),  # the user's choice wins
-    (["my_script.py", "train"], {}, None),  # library use keeps OpenMP's default
-])
+@pytest.mark.parametrize(
+    "argv, env, expected",
+    [
+        (["/venv/bin/clipforge", "quickstart"], {}, "PASSIVE"),
+        (["/venv/bin/clipforge", "train", "--data", "synthetic"], {}, "PASSIVE"),
+        (["/venv/bin/clipforge", "train", "--workers", "0"], {}, None),  # no workers: nothing competes
+        (["/venv/bin/clipforge", "eval"], {}, None),  # not a training command
+        (["/venv/bin/clipforge", "quickstart"], {"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),  # the user's choice wins
+        (["my_script.py", "train"], {}, None),  # library use keeps OpenMP's default
+    ],
+)
 def test_console_training_commands_wait_passively(argv, env, expected):
     """The OpenMP wait policy is chosen before torch loads, only for the console's training commands."""
     import os

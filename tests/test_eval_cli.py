@@ -18,8 +18,24 @@ def ckpt(tmp_path_factory):
 def test_eval_zeroshot_and_linear_probe_on_digits(ckpt, tmp_path, capsys):
     for task in ("zeroshot", "linear-probe"):
         out = tmp_path / f"{task}.json"
-        assert main(["eval", "--model", str(ckpt), "--task", task, "--data", "digits", "--templates", "digits",
-                     "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--model",
+                    str(ckpt),
+                    "--task",
+                    task,
+                    "--data",
+                    "digits",
+                    "--templates",
+                    "digits",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         result = json.loads(out.read_text())
         assert result["task"] == task and result["dataset"] == "digits" and result["model"] == str(ckpt)
         assert 0.0 <= result["metrics"]["top1"] <= 1.0
@@ -37,7 +53,9 @@ def test_eval_on_class_folders_and_fewshot(ckpt, tmp_path):
         for name, rgb in colours.items():
             (root / split / name).mkdir(parents=True)
             for i in range(6):
-                Image.new("RGB", (40, 30), tuple(max(0, c - 10 * i) for c in rgb)).save(root / split / name / f"{i}.png")
+                Image.new("RGB", (40, 30), tuple(max(0, c - 10 * i) for c in rgb)).save(
+                    root / split / name / f"{i}.png"
+                )
     model = clipforge.load(ckpt)
     zs = run_eval(model, "zeroshot", str(root))
     assert zs["metrics"]["samples"] == 12
@@ -61,8 +79,22 @@ def test_zeroshot_and_retrieval_identical_across_formats(ckpt, tmp_path):
 def test_zeroshot_cli(ckpt, tmp_path, capsys):
     img = tmp_path / "red.png"
     Image.new("RGB", (50, 50), (220, 20, 20)).save(img)
-    assert main(["zeroshot", str(img), "--model", str(ckpt), "--labels", "red square,blue circle,green star",
-                 "--json", "--top", "2"]) == 0
+    assert (
+        main(
+            [
+                "zeroshot",
+                str(img),
+                "--model",
+                str(ckpt),
+                "--labels",
+                "red square,blue circle,green star",
+                "--json",
+                "--top",
+                "2",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res[0]["image"] == str(img) and len(res[0]["predictions"]) == 2
     assert sum(p["prob"] for p in res[0]["predictions"]) <= 1.0001
@@ -72,8 +104,15 @@ def test_zeroshot_cli(ckpt, tmp_path, capsys):
 def test_quickstart_short_run_writes_its_report(tmp_path):
     from clipforge.quickstart import run_quickstart
 
-    report = run_quickstart(tmp_path / "qs", minutes=0.05, eval_images=64, probe_images=96, retrieval_images=48,
-                            batch_size=32, progress=False)
+    report = run_quickstart(
+        tmp_path / "qs",
+        minutes=0.05,
+        eval_images=64,
+        probe_images=96,
+        retrieval_images=48,
+        batch_size=32,
+        progress=False,
+    )
     saved = json.loads((tmp_path / "qs" / "report.json").read_text())
     assert saved["train_seconds"] > 0 and saved["steps"] >= 20
     for style in ("bare", "template", "ensemble"):

@@ -25,13 +25,13 @@ def test_topk_and_per_class_recall_match_sklearn():
         assert ours == pytest.approx(top_k_accuracy_score(labels, logits, k=k, labels=range(10)))
     preds = logits.argmax(1)
     assert mean_per_class_recall(torch.tensor(preds), torch.tensor(labels), 10) == pytest.approx(
-        balanced_accuracy_score(labels, preds))
+        balanced_accuracy_score(labels, preds)
+    )
 
 
 def test_retrieval_hand_computed_with_several_captions_per_image():
     # 2 images; captions 0,1 describe image 0, caption 2 describes image 1
-    sim = torch.tensor([[0.9, 0.1, 0.8],
-                        [0.2, 0.3, 0.7]])
+    sim = torch.tensor([[0.9, 0.1, 0.8], [0.2, 0.3, 0.7]])
     m = retrieval_metrics(sim, torch.tensor([0, 0, 1]), ks=(1, 2))
     # image 0: best own caption (0.9) ranked 1; image 1: own caption 0.7 is the best in its row -> 1
     assert m["image_to_text_R@1"] == 1.0
@@ -80,7 +80,9 @@ def test_zero_shot_classifier_is_the_normalised_template_average():
     clf = zero_shot_classifier(model, ["cat", "dog"], templates)
     with torch.no_grad():
         for i, name in enumerate(["cat", "dog"]):
-            e = torch.nn.functional.normalize(model.encode_text(clipforge.tokenize([t.format(name) for t in templates])), dim=-1)
+            e = torch.nn.functional.normalize(
+                model.encode_text(clipforge.tokenize([t.format(name) for t in templates])), dim=-1
+            )
             expected = torch.nn.functional.normalize(e.mean(0), dim=-1)
             torch.testing.assert_close(clf.weights[i], expected, atol=1e-6, rtol=1e-5)
     # an image embedding pointing at a class's weight is classified as that class, with its probability
@@ -95,8 +97,9 @@ def test_debiased_classifier_removes_the_nuisance_directions():
     # embeddings = shape part (axes 0-2) + colour part (axes 3-4); the colour part is large
     shape_axes, colour_axes = torch.eye(6)[:3], torch.eye(6)[3:5]
     # class prompts absorbed a colour prior: shape i leans towards the colour it was seen with
-    shapes = ZeroShotClassifier(["a", "b", "c"], torch.nn.functional.normalize(
-        shape_axes + 0.8 * colour_axes[[0, 1, 1]], dim=-1), 100.0)
+    shapes = ZeroShotClassifier(
+        ["a", "b", "c"], torch.nn.functional.normalize(shape_axes + 0.8 * colour_axes[[0, 1, 1]], dim=-1), 100.0
+    )
     colours = ZeroShotClassifier(["red", "blue"], colour_axes + 0.1, 100.0)
     images = 0.5 * shape_axes[[0, 1, 2]] + 3.0 * colour_axes[[1, 0, 0]]  # shape i in an unusual colour
     assert (shapes.logits(images).argmax(1) == torch.arange(3)).sum() < 3  # the colour prior wins somewhere

@@ -11,12 +11,30 @@ CAPTIONS = ["a photo of a cat.", "a diagram", "two red squares and a small blue 
 
 # (name, text kwargs, vision kwargs, projection_dim)
 CONFIGS = {
-    "vit-b-32-sized": (dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
-                       dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                            image_size=224, patch_size=32), 512),
-    "small": (dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2),
-              dict(hidden_size=96, intermediate_size=384, num_hidden_layers=2, num_attention_heads=3,
-                   image_size=32, patch_size=8), 48),
+    "vit-b-32-sized": (
+        dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
+        dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=32,
+        ),
+        512,
+    ),
+    "small": (
+        dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2),
+        dict(
+            hidden_size=96,
+            intermediate_size=384,
+            num_hidden_layers=2,
+            num_attention_heads=3,
+            image_size=32,
+            patch_size=8,
+        ),
+        48,
+    ),
 }
 
 

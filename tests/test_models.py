@@ -11,7 +11,8 @@ LARGE = {"RN50x4", "RN50x16", "RN50x64", "ViT-L-14", "ViT-L-14-336", "RN101"}
 # forward/backward contract runs once per large architecture; small presets run both activations.
 PRESETS = [
     pytest.param(name, marks=pytest.mark.slow) if name in LARGE else name
-    for name in clipforge.list_models() if name.removesuffix("-gelu") not in LARGE or not name.endswith("-gelu")
+    for name in clipforge.list_models()
+    if name.removesuffix("-gelu") not in LARGE or not name.endswith("-gelu")
 ]
 
 
@@ -125,7 +126,7 @@ def test_pooled_forward_equals_pooling_every_token(checkpointing):
         assert (grads_a[name] is None) == (grad is None), name
         if grad is not None:
             assert (grads_a[name] - grad).abs().max() <= 1e-5 * grad.abs().max(), name  # fp32 summation order
-    assert grads_b["text.positional_embedding"][tokens.shape[1]:].abs().sum() == 0
+    assert grads_b["text.positional_embedding"][tokens.shape[1] :].abs().sum() == 0
 
 
 def test_initialisation_follows_openai():

@@ -65,8 +65,9 @@ def test_openai_torchscript_archive_loads_without_running_code(tmp_path, openai_
 @pytest.mark.parametrize("preset", ["tiny-vit", "tiny-rn"])
 def test_saved_openai_layout_loads_in_openai_build_model(tmp_path, openai_model_module, preset):
     # OpenAI's build_model assumes QuickGELU and heads = width // 64
-    ours = clipforge.create_model(preset, vision={"act": "quick_gelu", "head_width": 64},
-                                  text={"act": "quick_gelu", "head_width": 64}).eval()
+    ours = clipforge.create_model(
+        preset, vision={"act": "quick_gelu", "head_width": 64}, text={"act": "quick_gelu", "head_width": 64}
+    ).eval()
     with torch.no_grad():
         for p in ours.parameters():
             p.add_(0.02 * torch.randn_like(p))

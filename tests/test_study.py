@@ -12,8 +12,15 @@ from clipforge.cli import main
 from clipforge.errors import ConfigError
 from clipforge.presets import get_config
 from clipforge.study import efficiency_ratios, images_to_reach, zero_shot_logits
-from clipforge.tasks.objectives import (EOT, SOT, BagOfWordsCLIP, BagOfWordsModel, CaptioningModel, Vocabulary,
-                                        build_objective)
+from clipforge.tasks.objectives import (
+    EOT,
+    SOT,
+    BagOfWordsCLIP,
+    BagOfWordsModel,
+    CaptioningModel,
+    Vocabulary,
+    build_objective,
+)
 
 CONFIG = get_config("tiny-rn").replace(text={"layers": 1})
 PROMPTS = ["a photo of a circle.", "a photo of a square.", "a photo of a star."]
@@ -33,7 +40,7 @@ def test_vocabulary_maps_bpe_to_compact_ids(vocab):
     ids = _ids(vocab, "a photo of a circle.")
     n = int((ids != 0).sum())
     assert ids[0] == SOT and ids[n - 1] == EOT and (ids[n:] == 0).all()
-    assert (ids[1:n - 1] >= 4).all() and ids.max() < vocab.size
+    assert (ids[1 : n - 1] >= 4).all() and ids.max() < vocab.size
     assert _ids(vocab, "a photo of a hexagon")[5] == 1  # unseen word -> <unk>
     bag = vocab.words(ids[None])[0]
     word = int(_ids(vocab, "a")[1])
@@ -78,8 +85,10 @@ def test_captioning_likelihood_is_the_chain_rule_and_learns_a_known_answer(vocab
         nll = model.sequence_nll(feats, ids)
         for b in range(3):
             n = int((ids[b] != 0).sum())
-            manual = -sum(model.token_logits(feats[b:b + 1], ids[b:b + 1, :t])[0, -1].log_softmax(-1)[ids[b, t]]
-                          for t in range(1, n))
+            manual = -sum(
+                model.token_logits(feats[b : b + 1], ids[b : b + 1, :t])[0, -1].log_softmax(-1)[ids[b, t]]
+                for t in range(1, n)
+            )
             assert nll[b].item() == pytest.approx(manual.item(), rel=1e-4)
     # fit image i -> caption i, then the scorer must pick class i for image i
     model.train()
@@ -113,9 +122,11 @@ def test_images_to_reach_and_ratios_on_hand_computed_curves():
     curve = [(0, 0.1), (1000, 0.3), (2000, 0.5)]
     assert images_to_reach(curve, 0.4) == pytest.approx(1500)
     assert images_to_reach(curve, 0.1) == 0 and images_to_reach(curve, 0.6) is None
-    curves = {"captioning": [(0, 0.1), (1000, 0.2), (2000, 0.3)],
-              "bow-prediction": [(0, 0.1), (1000, 0.3), (2000, 0.5)],
-              "bow-contrastive": [(0, 0.1), (1000, 0.12), (2000, 0.13)]}
+    curves = {
+        "captioning": [(0, 0.1), (1000, 0.2), (2000, 0.3)],
+        "bow-prediction": [(0, 0.1), (1000, 0.3), (2000, 0.5)],
+        "bow-contrastive": [(0, 0.1), (1000, 0.12), (2000, 0.13)],
+    }
     rows = efficiency_ratios(curves, chance=0.1)
     first, second = rows
     assert (first["slower"], first["faster"]) == ("captioning", "bow-prediction")
@@ -127,9 +138,28 @@ def test_images_to_reach_and_ratios_on_hand_computed_curves():
 
 def test_short_study_through_the_cli(tmp_path, capsys):
     out = tmp_path / "study"
-    assert main(["study", "efficiency", "--out", str(out), "--images", "192", "--batch-size", "32", "--evals", "2",
-                 "--eval", "heldout=synthetic:label=composite,split=heldout,n=24",
-                 "--eval", "seen=synthetic:label=shape,split=val,n=24", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "efficiency",
+                "--out",
+                str(out),
+                "--images",
+                "192",
+                "--batch-size",
+                "32",
+                "--evals",
+                "2",
+                "--eval",
+                "heldout=synthetic:label=composite,split=heldout,n=24",
+                "--eval",
+                "seen=synthetic:label=shape,split=val,n=24",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert list(report["objectives"]) == ["captioning", "bow-prediction", "bow-contrastive", "clip"]
     for res in report["objectives"].values():

@@ -56,7 +56,9 @@ def test_heldout_compositions_never_in_training():
         for c in s.captions:
             assert not any(f"{colour} {shape}" in c for shape, colour in HELDOUT_PAIRS)
     held = SyntheticWorld(100, 32, split="heldout")
-    assert all(len(held[i].objects) == 1 and (held[i].objects[0].shape, held[i].objects[0].colour) in HELDOUT_PAIRS
-               for i in range(100))
+    assert all(
+        len(held[i].objects) == 1 and (held[i].objects[0].shape, held[i].objects[0].colour) in HELDOUT_PAIRS
+        for i in range(100)
+    )
     # every shape and every colour is still seen in training
     assert {s for s, _ in HELDOUT_PAIRS} == set(SHAPES) and {c for _, c in HELDOUT_PAIRS} == set(COLOUR_NAMES)

@@ -28,13 +28,33 @@ SMALL_KW = dict(vision={"image_size": 32, "layers": 2}, text={"layers": 2})
 
 def _cli(*args, timeout=600):
     cmd = [sys.executable, "-m", "clipforge.cli", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
 
 
 def _train_args(out, data="synthetic:n=2000", steps=8, *extra):
     sets = [a for s in SMALL for a in ("--set", s)]
-    return ["train", "--model", "tiny-vit", "--data", data, "--out", str(out), "--steps", str(steps),
-            "--batch-size", "16", "--workers", "0", "--no-progress", "--log-every", "1", *sets, *extra]
+    return [
+        "train",
+        "--model",
+        "tiny-vit",
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--log-every",
+        "1",
+        *sets,
+        *extra,
+    ]
 
 
 def _rows(out):
@@ -116,10 +136,14 @@ def test_locking_freezes_towers(tmp_path):
     assert not torch.equal(init["text.text_projection"], after["text.text_projection"])
     model, _ = _run(tmp_path, "lit1", steps=3, lock_image=True, lock_image_unlocked=1)
     after = model.state_dict()
-    assert torch.equal(init["visual.transformer.resblocks.0.attn.in_proj_weight"],
-                       after["visual.transformer.resblocks.0.attn.in_proj_weight"])
-    assert not torch.equal(init["visual.transformer.resblocks.1.attn.in_proj_weight"],
-                           after["visual.transformer.resblocks.1.attn.in_proj_weight"])
+    assert torch.equal(
+        init["visual.transformer.resblocks.0.attn.in_proj_weight"],
+        after["visual.transformer.resblocks.0.attn.in_proj_weight"],
+    )
+    assert not torch.equal(
+        init["visual.transformer.resblocks.1.attn.in_proj_weight"],
+        after["visual.transformer.resblocks.1.attn.in_proj_weight"],
+    )
     assert not torch.equal(init["visual.proj"], after["visual.proj"])
 
 
@@ -137,15 +161,30 @@ class _NanAt(CLIPTask):
 def test_nan_loss_stops_with_step_or_is_skipped(tmp_path):
     ds, _ = build_dataset("synthetic:n=200", clipforge.image_transform(32), 32)
     model = clipforge.create_model("tiny-vit", seed=0, **SMALL_KW)
-    cfg = TrainConfig(out=str(tmp_path / "nan"), steps=6, batch_size=8, workers=0, progress=False,
-                      checkpoint_every_steps=2, precision="fp32")
+    cfg = TrainConfig(
+        out=str(tmp_path / "nan"),
+        steps=6,
+        batch_size=8,
+        workers=0,
+        progress=False,
+        checkpoint_every_steps=2,
+        precision="fp32",
+    )
     with pytest.raises(TrainingError, match="at step 4.*--on-nan skip"):
         train(_NanAt(model, 4), ds, cfg)
     state = torch.load(tmp_path / "nan" / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
     model = clipforge.create_model("tiny-vit", seed=0, **SMALL_KW)
-    cfg = TrainConfig(out=str(tmp_path / "skip"), steps=6, batch_size=8, workers=0, progress=False,
-                      on_nan="skip", precision="fp32", log_every=1)
+    cfg = TrainConfig(
+        out=str(tmp_path / "skip"),
+        steps=6,
+        batch_size=8,
+        workers=0,
+        progress=False,
+        on_nan="skip",
+        precision="fp32",
+        log_every=1,
+    )
     res = train(_NanAt(model, 4), ds, cfg)
     assert res.step == 6 and res.skipped_steps == 1
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -196,8 +235,16 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     args = _train_args(tmp_path / "one", "synthetic:n=500", 4, "--precision", "fp32", "--lr", "1e-4")
     r = _cli(*args)
     assert r.returncode == 0, r.stderr
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "clipforge.cli",
-           *_train_args(tmp_path / "two", "synthetic:n=500", 4, "--precision", "fp32", "--lr", "1e-4")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "clipforge.cli",
+        *_train_args(tmp_path / "two", "synthetic:n=500", 4, "--precision", "fp32", "--lr", "1e-4"),
+    ]
     r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert json.loads(r2.stdout.strip().splitlines()[-1])["world_size"] == 2
@@ -217,8 +264,12 @@ def test_sigkill_and_resume_gives_the_same_weights(tmp_path):
     ref = _cli(*_train_args(tmp_path / "ref", "synthetic:n=1000", steps, *args))
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "clipforge.cli", *_train_args(out, "synthetic:n=1000", steps, *args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clipforge.cli", *_train_args(out, "synthetic:n=1000", steps, *args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     ckpt = out / "checkpoints" / "last.pt"
     deadline = time.time() + 300
     while time.time() < deadline:

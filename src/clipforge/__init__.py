@@ -40,8 +40,7 @@ _passive_waits_for_cli_training()
 
 from .checkpoints import load, save
 from .config import CLIPConfig, TextConfig, VisionConfig
-from .errors import (CheckpointError, ClipforgeError, ConfigError, ImageError, TokenizerError,
-                     UnknownModelError)
+from .errors import CheckpointError, ClipforgeError, ConfigError, ImageError, TokenizerError, UnknownModelError
 from .losses import clip_loss, siglip_loss
 from .models import CLIP, CLIPOutput
 from .presets import get_config, list_models
@@ -75,8 +74,28 @@ def preprocess(model: CLIP, train: bool = False) -> Any:
 
 
 __all__ = [
-    "CLIP", "CLIPConfig", "CLIPOutput", "CheckpointError", "ClipforgeError", "ConfigError", "ImageError",
-    "TextConfig", "Tokenizer", "TokenizerError", "UnknownModelError", "VisionConfig", "clip_loss",
-    "create_model", "get_config", "get_tokenizer", "image_transform", "list_models", "load", "load_image",
-    "preprocess", "save", "siglip_loss", "tokenize",
+    "CLIP",
+    "CLIPConfig",
+    "CLIPOutput",
+    "CheckpointError",
+    "ClipforgeError",
+    "ConfigError",
+    "ImageError",
+    "TextConfig",
+    "Tokenizer",
+    "TokenizerError",
+    "UnknownModelError",
+    "VisionConfig",
+    "clip_loss",
+    "create_model",
+    "get_config",
+    "get_tokenizer",
+    "image_transform",
+    "list_models",
+    "load",
+    "load_image",
+    "preprocess",
+    "save",
+    "siglip_loss",
+    "tokenize",
 ]

@@ -29,8 +29,13 @@ from .torchscript import is_torchscript, read_torchscript_state_dict
 
 FORMAT_VERSION = 1
 _IGNORED_KEYS = {"input_resolution", "context_length", "vocab_size", "text.attn_mask", "attn_mask"}
-_WEIGHT_FILES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin",
-                 "open_clip_pytorch_model.bin", "model.pt")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "open_clip_model.safetensors",
+    "pytorch_model.bin",
+    "open_clip_pytorch_model.bin",
+    "model.pt",
+)
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -65,7 +70,7 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not contain a state dict of tensors")
     if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 
@@ -97,20 +102,30 @@ def infer_config(sd: dict[str, torch.Tensor], act: str = "quick_gelu") -> CLIPCo
             width, _, patch, _ = sd["visual.conv1.weight"].shape
             grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
             vision = VisionConfig(
-                kind="vit", image_size=patch * grid, width=width, patch_size=patch,
-                layers=_count(sd, "visual.transformer.resblocks."), act=act,
+                kind="vit",
+                image_size=patch * grid,
+                width=width,
+                patch_size=patch,
+                layers=_count(sd, "visual.transformer.resblocks."),
+                act=act,
                 mlp_ratio=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width,
             )
         else:
             grid = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
             vision = VisionConfig(
-                kind="resnet", image_size=grid * 32, width=sd["visual.layer1.0.conv1.weight"].shape[0],
-                layers=tuple(_count(sd, f"visual.layer{i}.") for i in range(1, 5)), act=act,
+                kind="resnet",
+                image_size=grid * 32,
+                width=sd["visual.layer1.0.conv1.weight"].shape[0],
+                layers=tuple(_count(sd, f"visual.layer{i}.") for i in range(1, 5)),
+                act=act,
             )
         tw = sd["text.ln_final.weight"].shape[0]
         text = TextConfig(
-            context_length=sd["text.positional_embedding"].shape[0], vocab_size=sd["text.token_embedding.weight"].shape[0],
-            width=tw, layers=_count(sd, "text.transformer.resblocks."), act=act,
+            context_length=sd["text.positional_embedding"].shape[0],
+            vocab_size=sd["text.token_embedding.weight"].shape[0],
+            width=tw,
+            layers=_count(sd, "text.transformer.resblocks."),
+            act=act,
             mlp_ratio=sd["text.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / tw,
         )
         return CLIPConfig(embed_dim=sd["text.text_projection"].shape[1], vision=vision, text=text)
@@ -127,8 +142,11 @@ def _check_and_load(model: CLIP, sd: dict[str, torch.Tensor], source: str) -> No
     expected = model.state_dict()
     missing = _collapse_blocks(set(expected) - set(sd))
     unexpected = _collapse_blocks(set(sd) - set(expected))
-    wrong = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
-             for k in expected if k in sd and sd[k].shape != expected[k].shape]
+    wrong = [
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in sd and sd[k].shape != expected[k].shape
+    ]
     if missing or unexpected or wrong:
         parts = []
         for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
@@ -163,8 +181,7 @@ def _meta_config(meta: dict[str, str]) -> dict[str, Any] | None:
     return json.loads(meta["clipforge_config"]) if "clipforge_config" in meta else None
 
 
-def load(path: str | os.PathLike[str], model: str | CLIPConfig | None = None, *,
-         act: str | None = None) -> CLIP:
+def load(path: str | os.PathLike[str], model: str | CLIPConfig | None = None, *, act: str | None = None) -> CLIP:
     """Load a CLIP model from any supported checkpoint; returns it in eval mode.
 
     `model` (preset name or CLIPConfig) names the architecture where the weights cannot tell it,
@@ -183,9 +200,11 @@ def load(path: str | os.PathLike[str], model: str | CLIPConfig | None = None, *,
         cfg = hf.config_from_hf(stored)
     else:
         if act is None:
-            warnings.warn(f"{path}: the activation cannot be read from the weights; assuming QuickGELU "
-                          "(OpenAI's). Pass model='<name>-gelu' or act='gelu' for GELU-trained weights.",
-                          stacklevel=2)
+            warnings.warn(
+                f"{path}: the activation cannot be read from the weights; assuming QuickGELU "
+                "(OpenAI's). Pass model='<name>-gelu' or act='gelu' for GELU-trained weights.",
+                stacklevel=2,
+            )
         cfg = infer_config(sd, act or "quick_gelu")
     if act is not None:
         cfg = cfg.replace(vision={"act": act}, text={"act": act})
@@ -211,8 +230,11 @@ def save(model: CLIP, path: str | os.PathLike[str], format: str = "clipforge") -
     sd = _tensors(model.state_dict())
     cfg = model.config
     if format == "clipforge":
-        meta = {"format": "clipforge", "clipforge_version": str(FORMAT_VERSION),
-                "clipforge_config": json.dumps(cfg.to_dict())}
+        meta = {
+            "format": "clipforge",
+            "clipforge_version": str(FORMAT_VERSION),
+            "clipforge_config": json.dumps(cfg.to_dict()),
+        }
         if path.suffix == ".safetensors":
             atomic_write(path, lambda t: save_file(sd, t, metadata=meta))
         else:
@@ -225,7 +247,7 @@ def save(model: CLIP, path: str | os.PathLike[str], format: str = "clipforge") -
         atomic_write(path / "model.safetensors", lambda t: save_file(hf_sd, t, metadata={"format": "pt"}))
         atomic_write(path / "config.json", lambda t: Path(t).write_text(hf_cfg))
     elif format == "openai":
-        oa = {k[len("text."):] if k.startswith("text.") else k: v for k, v in sd.items()}
+        oa = {k[len("text.") :] if k.startswith("text.") else k: v for k, v in sd.items()}
         if path.suffix == ".safetensors":
             atomic_write(path, lambda t: save_file(oa, t))
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -32,8 +32,10 @@ def _demo(args: argparse.Namespace) -> int:
     with torch.no_grad():
         out = model(torch.stack(images), tokens)
         probs = out.logits_per_image.softmax(dim=-1)
-    print(f"clipforge {clipforge.__version__}: zero-shot demo with a RANDOMLY INITIALISED {args.model} "
-          f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters).")
+    print(
+        f"clipforge {clipforge.__version__}: zero-shot demo with a RANDOMLY INITIALISED {args.model} "
+        f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)."
+    )
     print("Untrained, so predictions are at chance (1/8); training arrives with `clipforge train`.\n")
     correct = 0
     for t, p in zip(truth, probs):
@@ -50,8 +52,10 @@ def _models(args: argparse.Namespace) -> int:
 
     for name in clipforge.list_models():
         cfg = clipforge.get_config(name)
-        print(f"{name:<20} {cfg.vision.kind:<6} image {cfg.vision.image_size:<4} embed {cfg.embed_dim:<5} "
-              f"act {cfg.vision.act}")
+        print(
+            f"{name:<20} {cfg.vision.kind:<6} image {cfg.vision.image_size:<4} embed {cfg.embed_dim:<5} "
+            f"act {cfg.vision.act}"
+        )
     return 0
 
 
@@ -60,8 +64,11 @@ def _convert(args: argparse.Namespace) -> int:
 
     model = clipforge.load(args.src, model=args.model, act=args.act)
     path = clipforge.save(model, args.dst, format=args.format)
-    print(json.dumps({"from": args.src, "to": str(path), "format": args.format,
-                      "config": model.config.to_dict()}, indent=None))
+    print(
+        json.dumps(
+            {"from": args.src, "to": str(path), "format": args.format, "config": model.config.to_dict()}, indent=None
+        )
+    )
     return 0
 
 
@@ -73,13 +80,29 @@ def _train(args: argparse.Namespace) -> int:
     from clipforge.train import TrainConfig, train
 
     cfg = TrainConfig(
-        out=args.out, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, accum_steps=args.accum_steps,
-        lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip or None,
-        precision=args.precision, grad_checkpointing=args.grad_checkpointing, lock_image=args.lock_image,
-        lock_image_unlocked=args.lock_image_unlocked, lock_text=args.lock_text,
-        lock_text_unlocked=args.lock_text_unlocked, seed=args.seed, workers=args.workers, log_every=args.log_every,
-        checkpoint_every_s=args.checkpoint_every, checkpoint_every_steps=args.checkpoint_every_steps,
-        on_nan=args.on_nan, resume=args.resume, progress=not args.no_progress,
+        out=args.out,
+        steps=args.steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        accum_steps=args.accum_steps,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup=args.warmup,
+        grad_clip=args.grad_clip or None,
+        precision=args.precision,
+        grad_checkpointing=args.grad_checkpointing,
+        lock_image=args.lock_image,
+        lock_image_unlocked=args.lock_image_unlocked,
+        lock_text=args.lock_text,
+        lock_text_unlocked=args.lock_text_unlocked,
+        seed=args.seed,
+        workers=args.workers,
+        log_every=args.log_every,
+        checkpoint_every_s=args.checkpoint_every,
+        checkpoint_every_steps=args.checkpoint_every_steps,
+        on_nan=args.on_nan,
+        resume=args.resume,
+        progress=not args.no_progress,
     )
     model = clipforge.create_model(args.model, seed=args.seed, **parse_overrides(args.set))
     size = model.config.vision.image_size
@@ -92,13 +115,24 @@ def _train(args: argparse.Namespace) -> int:
     if rank() == 0:
         path = clipforge.save(model, f"{args.out}/model.safetensors")
         losses = [r["loss"] for r in result.history if r.get("loss") is not None]
-        print(json.dumps({
-            "steps": result.step, "world_size": world_size(), "seconds": round(result.seconds, 1), "samples_per_s": round(result.samples_per_s, 1),
-            "first_logged_loss": losses[0] if losses else None, "final_loss": result.final_loss,
-            "skipped_samples": result.skipped_samples, "skipped_steps": result.skipped_steps,
-            "data_wait_frac": round(result.data_wait_frac, 4), "model": str(path),
-            "metrics": f"{args.out}/metrics.jsonl", "plot": f"{args.out}/curves.png",
-        }))
+        print(
+            json.dumps(
+                {
+                    "steps": result.step,
+                    "world_size": world_size(),
+                    "seconds": round(result.seconds, 1),
+                    "samples_per_s": round(result.samples_per_s, 1),
+                    "first_logged_loss": losses[0] if losses else None,
+                    "final_loss": result.final_loss,
+                    "skipped_samples": result.skipped_samples,
+                    "skipped_steps": result.skipped_steps,
+                    "data_wait_frac": round(result.data_wait_frac, 4),
+                    "model": str(path),
+                    "metrics": f"{args.out}/metrics.jsonl",
+                    "plot": f"{args.out}/curves.png",
+                }
+            )
+        )
     return 0
 
 
@@ -121,8 +155,11 @@ def _zeroshot(args: argparse.Namespace) -> int:
     import clipforge
     from clipforge.eval import zero_shot_classifier
 
-    model = clipforge.load(args.model, act=args.act) if args.model not in clipforge.list_models() else \
-        clipforge.create_model(args.model)
+    model = (
+        clipforge.load(args.model, act=args.act)
+        if args.model not in clipforge.list_models()
+        else clipforge.create_model(args.model)
+    )
     labels = [l.strip() for l in args.labels.split(",") if l.strip()]
     if len(labels) < 2:
         raise clipforge.ConfigError("give at least two comma-separated --labels")
@@ -178,20 +215,36 @@ def _study(args: argparse.Namespace) -> int:
         for item in args.eval:
             name, sep, spec = item.partition("=")
             if not sep or not name or not spec:
-                raise ConfigError(f"--eval takes NAME=SPEC (e.g. heldout=synthetic:label=shape,split=heldout), got {item!r}")
+                raise ConfigError(
+                    f"--eval takes NAME=SPEC (e.g. heldout=synthetic:label=shape,split=heldout), got {item!r}"
+                )
             eval_data[name] = spec
     objectives = [o.strip() for o in args.objectives.split(",") if o.strip()] if args.objectives else list(ORDER)
     budget = {"images": args.images} if args.images else {}
-    run_efficiency_study(args.out, data=args.data, model=args.model, **budget, batch_size=args.batch_size,
-                         evals=args.evals, lr=args.lr, objectives=objectives, eval_data=eval_data,
-                         templates=args.templates, seed=args.seed, workers=args.workers, progress=not args.no_progress)
+    run_efficiency_study(
+        args.out,
+        data=args.data,
+        model=args.model,
+        **budget,
+        batch_size=args.batch_size,
+        evals=args.evals,
+        lr=args.lr,
+        objectives=objectives,
+        eval_data=eval_data,
+        templates=args.templates,
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
     print(f"report: {args.out}/report.json, {args.out}/report.md, {args.out}/curves.png")
     return 0
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="preset name (see `clipforge models`)")
-    p.add_argument("--data", required=True, help="synthetic[:n=..,size=..], a .csv/.tsv, a caption folder or .tar shards")
+    p.add_argument(
+        "--data", required=True, help="synthetic[:n=..,size=..], a .csv/.tsv, a caption folder or .tar shards"
+    )
     p.add_argument("--out", required=True, help="output folder")
     length = p.add_mutually_exclusive_group(required=True)
     length.add_argument("--steps", type=int)
@@ -202,8 +255,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=0.2)
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 5%% of steps)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 autocast where the hardware has native bf16 matmul, else fp32")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="auto: bf16 autocast where the hardware has native bf16 matmul, else fp32",
+    )
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--lock-image", action="store_true", help="freeze the image tower (LiT)")
     p.add_argument("--lock-image-unlocked", type=int, default=0, help="...but train its last N blocks")
@@ -217,8 +274,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-nan", choices=["stop", "skip"], default="stop")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a model config field, e.g. --set text.layers=6 --set vision.image_size=32")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model config field, e.g. --set text.layers=6 --set vision.image_size=32",
+    )
     p.set_defaults(func=_train)
 
 
@@ -257,9 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_convert)
     p = sub.add_parser("quickstart", help="train a small CLIP on the synthetic world and report what it learned")
     p.add_argument("--out", default="quickstart")
-    p.add_argument("--minutes", type=float, default=None,
-                   help="training budget, calibrated to this machine (default: 5, stretched on slow machines to "
-                        "the ~1,500 steps held-out shapes need)")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="training budget, calibrated to this machine (default: 5, stretched on slow machines to "
+        "the ~1,500 steps held-out shapes need)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_quickstart)
@@ -268,16 +334,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="study-efficiency")
     p.add_argument("--data", default="synthetic", help="training data spec (as for `clipforge train`)")
     p.add_argument("--model", default="tiny-rn", help="preset whose image tower every objective shares")
-    p.add_argument("--images", type=int, default=None,
-                   help="images seen per objective, the budget (default: sized to finish in ~20 min on 2 CPU cores)")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="images seen per objective, the budget (default: sized to finish in ~20 min on 2 CPU cores)",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--evals", type=int, default=8, help="zero-shot evaluations during training (plus one at the start)")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--objectives", default=None, help="comma-separated subset of captioning,bow-prediction,"
-                                                      "bow-contrastive,clip (default: all)")
-    p.add_argument("--eval", action="append", metavar="NAME=SPEC",
-                   help="zero-shot set (repeatable): digits, a class-folder root or synthetic:label=...; the first "
-                        "is the headline (default: held-out and seen synthetic colour-shape composites)")
+    p.add_argument(
+        "--objectives",
+        default=None,
+        help="comma-separated subset of captioning,bow-prediction,bow-contrastive,clip (default: all)",
+    )
+    p.add_argument(
+        "--eval",
+        action="append",
+        metavar="NAME=SPEC",
+        help="zero-shot set (repeatable): digits, a class-folder root or synthetic:label=...; the first "
+        "is the headline (default: held-out and seen synthetic colour-shape composites)",
+    )
     p.add_argument("--templates", default="synthetic1", help="prompt templates (built-in set or a file)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
@@ -287,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--model", required=True, help="checkpoint path (any supported format) or preset name")
     p.add_argument("--labels", required=True, help='comma-separated class names, e.g. "cat,dog,bird"')
-    p.add_argument("--templates", default="openai80", help="built-in set (openai80, openai7, photo, bare, ...) or a file")
+    p.add_argument(
+        "--templates", default="openai80", help="built-in set (openai80, openai7, photo, bare, ...) or a file"
+    )
     p.add_argument("--top", type=int, default=3)
     p.add_argument("--act", default=None, choices=["gelu", "quick_gelu"])
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -295,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="zero-shot, retrieval, linear-probe or few-shot benchmark")
     p.add_argument("--model", required=True, help="checkpoint path (any supported format)")
     p.add_argument("--task", required=True, choices=["zeroshot", "retrieval", "linear-probe", "fewshot"])
-    p.add_argument("--data", required=True, help="digits, synthetic[:label=shape,...], class-folder root, or caption data")
+    p.add_argument(
+        "--data", required=True, help="digits, synthetic[:label=shape,...], class-folder root, or caption data"
+    )
     p.add_argument("--templates", default="photo", help="template set or file (zero-shot)")
     p.add_argument("--act", default=None, choices=["gelu", "quick_gelu"])
     p.add_argument("--out", default=None, help="write the JSON result here")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ConfigError
 
@@ -43,16 +44,21 @@ class VisionConfig:
             object.__setattr__(self, "layers", tuple(self.layers))
         if self.kind == "vit":
             _check(isinstance(self.layers, int) and self.layers > 0, "vision.layers must be a positive int for a ViT")
-            _check(self.image_size % self.patch_size == 0,
-                   f"vision.image_size {self.image_size} must be divisible by patch_size {self.patch_size}")
-            _check(self.width % self.head_width == 0,
-                   f"vision.width {self.width} must be divisible by head_width {self.head_width}")
+            _check(
+                self.image_size % self.patch_size == 0,
+                f"vision.image_size {self.image_size} must be divisible by patch_size {self.patch_size}",
+            )
+            _check(
+                self.width % self.head_width == 0,
+                f"vision.width {self.width} must be divisible by head_width {self.head_width}",
+            )
         else:
-            _check(isinstance(self.layers, tuple) and len(self.layers) == 4,
-                   "vision.layers must be 4 stage depths for a ResNet, e.g. (3, 4, 6, 3)")
+            _check(
+                isinstance(self.layers, tuple) and len(self.layers) == 4,
+                "vision.layers must be 4 stage depths for a ResNet, e.g. (3, 4, 6, 3)",
+            )
             _check(self.image_size % 32 == 0, "ResNet image_size must be divisible by 32")
-            _check((self.width * 32) % self.head_width == 0,
-                   "ResNet width * 32 must be divisible by head_width")
+            _check((self.width * 32) % self.head_width == 0, "ResNet width * 32 must be divisible by head_width")
 
     @property
     def heads(self) -> int:
@@ -75,8 +81,10 @@ class TextConfig:
     def __post_init__(self) -> None:
         _check(self.act in ACTIVATIONS, f"text.act must be one of {ACTIVATIONS}, got {self.act!r}")
         _check(self.context_length > 1 and self.vocab_size > 1 and self.layers > 0, "text sizes must be positive")
-        _check(self.width % self.head_width == 0,
-               f"text.width {self.width} must be divisible by head_width {self.head_width}")
+        _check(
+            self.width % self.head_width == 0,
+            f"text.width {self.width} must be divisible by head_width {self.head_width}",
+        )
 
     @property
     def heads(self) -> int:
@@ -102,13 +110,13 @@ class CLIPConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CLIPConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> CLIPConfig:
         d = dict(d)
         vision = _build(VisionConfig, d.pop("vision", {}), "vision")
         text = _build(TextConfig, d.pop("text", {}), "text")
         return _build(cls, {**d, "vision": vision, "text": text}, "")
 
-    def replace(self, **overrides: Any) -> "CLIPConfig":
+    def replace(self, **overrides: Any) -> CLIPConfig:
         """Copy with overrides; nested towers take dicts: `cfg.replace(text={"layers": 6})`."""
         d = self.to_dict()
         for key, value in overrides.items():

@@ -41,7 +41,7 @@ def _rename(key: str, to_clipforge: bool) -> str:
     for hf, cf in _PREFIXES:
         old, new = (hf, cf) if to_clipforge else (cf, hf)
         if key.startswith(old):
-            key = new + key[len(old):]
+            key = new + key[len(old) :]
             break
     for hf, cf in _INFIXES:
         old, new = (hf, cf) if to_clipforge else (cf, hf)
@@ -97,19 +97,32 @@ def config_from_hf(d: dict[str, Any]) -> CLIPConfig:
     try:
         tw, vw = t.get("hidden_size", 512), v.get("hidden_size", 768)
         text = TextConfig(
-            context_length=t.get("max_position_embeddings", 77), vocab_size=t.get("vocab_size", 49408), width=tw,
-            layers=t.get("num_hidden_layers", 12), head_width=tw // t.get("num_attention_heads", 8),
-            mlp_ratio=t.get("intermediate_size", 2048) / tw, act=_act(t.get("hidden_act", "quick_gelu")),
+            context_length=t.get("max_position_embeddings", 77),
+            vocab_size=t.get("vocab_size", 49408),
+            width=tw,
+            layers=t.get("num_hidden_layers", 12),
+            head_width=tw // t.get("num_attention_heads", 8),
+            mlp_ratio=t.get("intermediate_size", 2048) / tw,
+            act=_act(t.get("hidden_act", "quick_gelu")),
             ln_eps=t.get("layer_norm_eps", 1e-5),
         )
         vision = VisionConfig(
-            kind="vit", image_size=v.get("image_size", 224), width=vw, layers=v.get("num_hidden_layers", 12),
-            patch_size=v.get("patch_size", 32), head_width=vw // v.get("num_attention_heads", 12),
-            mlp_ratio=v.get("intermediate_size", 3072) / vw, act=_act(v.get("hidden_act", "quick_gelu")),
+            kind="vit",
+            image_size=v.get("image_size", 224),
+            width=vw,
+            layers=v.get("num_hidden_layers", 12),
+            patch_size=v.get("patch_size", 32),
+            head_width=vw // v.get("num_attention_heads", 12),
+            mlp_ratio=v.get("intermediate_size", 3072) / vw,
+            act=_act(v.get("hidden_act", "quick_gelu")),
             ln_eps=v.get("layer_norm_eps", 1e-5),
         )
-        return CLIPConfig(embed_dim=d.get("projection_dim", 512), vision=vision, text=text,
-                          init_logit_scale=d.get("logit_scale_init_value", 2.6592))
+        return CLIPConfig(
+            embed_dim=d.get("projection_dim", 512),
+            vision=vision,
+            text=text,
+            init_logit_scale=d.get("logit_scale_init_value", 2.6592),
+        )
     except (TypeError, ZeroDivisionError, ValueError) as e:
         raise CheckpointError(f"config.json is not a valid CLIP config: {e}") from e
 
@@ -117,8 +130,10 @@ def config_from_hf(d: dict[str, Any]) -> CLIPConfig:
 def config_to_hf(cfg: CLIPConfig) -> dict[str, Any]:
     """transformers `CLIPConfig` JSON for a ViT clipforge config."""
     if cfg.vision.kind != "vit":
-        raise CheckpointError("the Hugging Face CLIPModel has no ResNet image tower; save ResNet models with "
-                              "format='clipforge' or format='openai'")
+        raise CheckpointError(
+            "the Hugging Face CLIPModel has no ResNet image tower; save ResNet models with "
+            "format='clipforge' or format='openai'"
+        )
     t, v = cfg.text, cfg.vision
     return {
         "architectures": ["CLIPModel"],
@@ -126,17 +141,32 @@ def config_to_hf(cfg: CLIPConfig) -> dict[str, Any]:
         "projection_dim": cfg.embed_dim,
         "logit_scale_init_value": cfg.init_logit_scale,
         "text_config": {
-            "model_type": "clip_text_model", "vocab_size": t.vocab_size, "hidden_size": t.width,
-            "intermediate_size": int(t.width * t.mlp_ratio), "num_hidden_layers": t.layers,
-            "num_attention_heads": t.heads, "max_position_embeddings": t.context_length, "hidden_act": t.act,
-            "layer_norm_eps": t.ln_eps, "projection_dim": cfg.embed_dim,
+            "model_type": "clip_text_model",
+            "vocab_size": t.vocab_size,
+            "hidden_size": t.width,
+            "intermediate_size": int(t.width * t.mlp_ratio),
+            "num_hidden_layers": t.layers,
+            "num_attention_heads": t.heads,
+            "max_position_embeddings": t.context_length,
+            "hidden_act": t.act,
+            "layer_norm_eps": t.ln_eps,
+            "projection_dim": cfg.embed_dim,
             # OpenAI's tokenizer: pad 0, start 49406, end 49407 (the highest id, so pooling finds it).
-            "pad_token_id": 0, "bos_token_id": t.vocab_size - 2, "eos_token_id": t.vocab_size - 1,
+            "pad_token_id": 0,
+            "bos_token_id": t.vocab_size - 2,
+            "eos_token_id": t.vocab_size - 1,
         },
         "vision_config": {
-            "model_type": "clip_vision_model", "hidden_size": v.width,
-            "intermediate_size": int(v.width * v.mlp_ratio), "num_hidden_layers": v.layers,
-            "num_attention_heads": v.heads, "image_size": v.image_size, "patch_size": v.patch_size,
-            "hidden_act": v.act, "layer_norm_eps": v.ln_eps, "projection_dim": cfg.embed_dim, "num_channels": 3,
+            "model_type": "clip_vision_model",
+            "hidden_size": v.width,
+            "intermediate_size": int(v.width * v.mlp_ratio),
+            "num_hidden_layers": v.layers,
+            "num_attention_heads": v.heads,
+            "image_size": v.image_size,
+            "patch_size": v.patch_size,
+            "hidden_act": v.act,
+            "layer_norm_eps": v.ln_eps,
+            "projection_dim": cfg.embed_dim,
+            "num_channels": 3,
         },
     }

@@ -13,14 +13,22 @@ import torch.nn.functional as F
 from .distributed import gather_with_grad, rank, world_size
 
 
-def clip_logits(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+def clip_logits(
+    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits_per_image, logits_per_text) = scale * image @ text.T and its transpose."""
     logits = scale * image @ text.T  # (N, N)
     return logits, logits.T
 
 
-def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float, *,
-              gather: bool = False, local_loss: bool = False) -> torch.Tensor:
+def clip_loss(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    scale: torch.Tensor | float,
+    *,
+    gather: bool = False,
+    local_loss: bool = False,
+) -> torch.Tensor:
     """Symmetric InfoNCE of the CLIP paper: mean of image->text and text->image cross-entropy.
 
     With `gather=True` under torch.distributed: `local_loss=False` computes the full global N x N
@@ -42,8 +50,14 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | flo
     return (F.cross_entropy(logits_i, labels) + F.cross_entropy(logits_t, labels)) / 2
 
 
-def siglip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float,
-                bias: torch.Tensor | float, *, gather: bool = False) -> torch.Tensor:
+def siglip_loss(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    scale: torch.Tensor | float,
+    bias: torch.Tensor | float,
+    *,
+    gather: bool = False,
+) -> torch.Tensor:
     """Sigmoid loss (Zhai et al., 2023): every pair is an independent binary problem.
 
     loss = -sum_ij log sigmoid(z_ij * (scale * <i, t_j> + bias)) / N_local, z = +1 on pairs, -1 else.
@@ -74,9 +88,9 @@ class _ChunkedClipLoss(torch.autograd.Function):
         col_lse = torch.full((n,), float("-inf"), dtype=torch.float32, device=image.device)
         for i in range(0, n, chunk):
             for j in range(0, n, chunk):
-                block = scale * image[i:i + chunk] @ text[j:j + chunk].T  # (c, c)
-                row_lse[i:i + chunk] = torch.logaddexp(row_lse[i:i + chunk], block.logsumexp(dim=1))
-                col_lse[j:j + chunk] = torch.logaddexp(col_lse[j:j + chunk], block.logsumexp(dim=0))
+                block = scale * image[i : i + chunk] @ text[j : j + chunk].T  # (c, c)
+                row_lse[i : i + chunk] = torch.logaddexp(row_lse[i : i + chunk], block.logsumexp(dim=1))
+                col_lse[j : j + chunk] = torch.logaddexp(col_lse[j : j + chunk], block.logsumexp(dim=0))
         diag = scale * (image * text).sum(dim=1)  # (N,) logits of the true pairs
         ctx.save_for_backward(image, text, scale, row_lse, col_lse)
         ctx.chunk = chunk
@@ -91,20 +105,21 @@ class _ChunkedClipLoss(torch.autograd.Function):
         coef = grad / (2 * n)
         for i in range(0, n, chunk):
             for j in range(0, n, chunk):
-                sim = image[i:i + chunk] @ text[j:j + chunk].T  # (c, c) cosine similarities
+                sim = image[i : i + chunk] @ text[j : j + chunk].T  # (c, c) cosine similarities
                 logits = scale * sim
-                g = torch.exp(logits - row_lse[i:i + chunk, None]) + torch.exp(logits - col_lse[None, j:j + chunk])
+                g = torch.exp(logits - row_lse[i : i + chunk, None]) + torch.exp(logits - col_lse[None, j : j + chunk])
                 if i == j:  # rows and columns share one block grid, so true pairs sit only in i == j blocks
                     g.diagonal().sub_(2.0)
                 g = g * coef  # dLoss/dlogits for the block
-                g_image[i:i + chunk] += scale * g @ text[j:j + chunk]
-                g_text[j:j + chunk] += scale * g.T @ image[i:i + chunk]
+                g_image[i : i + chunk] += scale * g @ text[j : j + chunk]
+                g_text[j : j + chunk] += scale * g.T @ image[i : i + chunk]
                 g_scale += (g * sim).sum()
         return g_image, g_text, g_scale.reshape(scale.shape), None
 
 
-def clip_loss_chunked(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float,
-                      chunk: int = 1024) -> torch.Tensor:
+def clip_loss_chunked(
+    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float, chunk: int = 1024
+) -> torch.Tensor:
     """`clip_loss` with the same value and gradients, without materialising the N x N logits.
 
     Peak memory is a few chunk x chunk blocks, so the batch size is limited by the towers, not the loss.

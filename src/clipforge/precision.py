@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import AbstractContextManager
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -16,7 +16,7 @@ from .errors import ConfigError
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-@lru_cache(maxsize=None)
+@cache
 def native_bf16(device: str | torch.device = "cpu") -> bool:
     """True when `device` multiplies bf16 matrices in hardware (so bf16 autocast is faster than fp32)."""
     device = torch.device(device)
@@ -36,15 +36,18 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
 
 
 def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
-    """"auto" -> "bf16" where it is native on `device`, else "fp32"; "bf16"/"fp32" are kept (with a
+    """ "auto" -> "bf16" where it is native on `device`, else "fp32"; "bf16"/"fp32" are kept (with a
     warning when bf16 would be emulated)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     if precision == "bf16" and not native_bf16(device):
-        warnings.warn(f"bf16 is emulated on this {torch.device(device).type} (no native bf16 matrix multiply): "
-                      "it runs much slower than fp32 here; use precision 'auto' or 'fp32'", stacklevel=2)
+        warnings.warn(
+            f"bf16 is emulated on this {torch.device(device).type} (no native bf16 matrix multiply): "
+            "it runs much slower than fp32 here; use precision 'auto' or 'fp32'",
+            stacklevel=2,
+        )
     return precision
 
 

@@ -42,12 +42,14 @@ _OPENAI: dict[str, Any] = {
 }
 
 
-def _small(kind: str, embed: int, image: int, width: int, layers: Any, text_width: int, text_layers: int,
-           patch: int = 8) -> CLIPConfig:
+def _small(
+    kind: str, embed: int, image: int, width: int, layers: Any, text_width: int, text_layers: int, patch: int = 8
+) -> CLIPConfig:
     return CLIPConfig(
         embed_dim=embed,
-        vision=VisionConfig(kind=kind, image_size=image, width=width, layers=layers, patch_size=patch,
-                            head_width=32, act="gelu"),
+        vision=VisionConfig(
+            kind=kind, image_size=image, width=width, layers=layers, patch_size=patch, head_width=32, act="gelu"
+        ),
         text=TextConfig(width=text_width, layers=text_layers, head_width=32, act="gelu"),
     )
 
@@ -63,7 +65,9 @@ _PRESETS["tiny-rn"] = _small("resnet", 128, 64, 16, (1, 1, 1, 1), 128, 4)
 # Other spellings users bring from OpenAI (`ViT-B/32`) and OpenCLIP (`ViT-B-32-quickgelu`).
 _ALIASES: dict[str, str] = {}
 for _name in _OPENAI:
-    _ALIASES[_name.replace("ViT-B-", "ViT-B/").replace("ViT-L-14-336", "ViT-L/14@336px").replace("ViT-L-", "ViT-L/")] = _name
+    _ALIASES[
+        _name.replace("ViT-B-", "ViT-B/").replace("ViT-L-14-336", "ViT-L/14@336px").replace("ViT-L-", "ViT-L/")
+    ] = _name
     _ALIASES[f"{_name}-quickgelu"] = _name
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import gzip
 import html
 import re as _stdre
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from importlib import resources
-from typing import Iterable, Sequence
 
 import ftfy
 import numpy as np
@@ -32,10 +32,12 @@ _PLAIN_ASCII = _stdre.compile(r"[\t\n\r\x20-\x25\x27-\x7e]*\Z")
 _WS = re.compile(r"\s+")
 
 
-@lru_cache()
+@lru_cache
 def bytes_to_unicode() -> dict[int, str]:
     """Reversible map from the 256 byte values to printable unicode characters (GPT-2's scheme)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     extra = 0
     for b in range(256):

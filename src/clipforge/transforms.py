@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -95,9 +95,15 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
 class ImageTransform:
     """Callable PIL image -> normalised (3, n, n) float tensor."""
 
-    def __init__(self, image_size: int, train: bool = False, mean: tuple[float, ...] = OPENAI_MEAN,
-                 std: tuple[float, ...] = OPENAI_STD, scale: tuple[float, float] = (0.9, 1.0),
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        train: bool = False,
+        mean: tuple[float, ...] = OPENAI_MEAN,
+        std: tuple[float, ...] = OPENAI_STD,
+        scale: tuple[float, float] = (0.9, 1.0),
+        seed: int | None = None,
+    ) -> None:
         self.image_size = image_size
         self.train = train
         self.mean, self.std = tuple(mean), tuple(std)

@@ -14,13 +14,27 @@ from .synthetic import SyntheticWorld
 
 
 def _meta(scene) -> dict:
-    return {"caption": scene.caption, "captions": scene.captions, "background": scene.background,
-            "objects": [{"shape": o.shape, "colour": o.colour, "size": o.size, "position": o.position,
-                         "box": list(o.box), "phrase": o.phrase} for o in scene.objects]}
+    return {
+        "caption": scene.caption,
+        "captions": scene.captions,
+        "background": scene.background,
+        "objects": [
+            {
+                "shape": o.shape,
+                "colour": o.colour,
+                "size": o.size,
+                "position": o.position,
+                "box": list(o.box),
+                "phrase": o.phrase,
+            }
+            for o in scene.objects
+        ],
+    }
 
 
-def write_csv_folder(world: SyntheticWorld, out: str | Path, captions_per_image: int = 1,
-                     progress: bool = False) -> Path:
+def write_csv_folder(
+    world: SyntheticWorld, out: str | Path, captions_per_image: int = 1, progress: bool = False
+) -> Path:
     """`out/images/NNNNNNN.png` and `out/captions.csv` (filepath, caption; one row per caption)."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -37,8 +51,9 @@ def write_csv_folder(world: SyntheticWorld, out: str | Path, captions_per_image:
     return out / "captions.csv"
 
 
-def write_webdataset(world: SyntheticWorld, out: str | Path, shard_size: int = 1000, image_format: str = "png",
-                     progress: bool = False) -> str:
+def write_webdataset(
+    world: SyntheticWorld, out: str | Path, shard_size: int = 1000, image_format: str = "png", progress: bool = False
+) -> str:
     """Shards `out/NNNNN.tar` with `KEY.png|jpg`, `KEY.txt` and `KEY.json`; returns the brace pattern."""
     import webdataset as wds
 
@@ -51,6 +66,12 @@ def write_webdataset(world: SyntheticWorld, out: str | Path, shard_size: int = 1
                 scene = world[i]
                 buf = io.BytesIO()
                 scene.image.save(buf, format="PNG" if image_format == "png" else "JPEG", quality=95)
-                sink.write({"__key__": f"{i:09d}", image_format: buf.getvalue(), "txt": scene.caption,
-                            "json": json.dumps(_meta(scene)).encode()})
+                sink.write(
+                    {
+                        "__key__": f"{i:09d}",
+                        image_format: buf.getvalue(),
+                        "txt": scene.caption,
+                        "json": json.dumps(_meta(scene)).encode(),
+                    }
+                )
     return str(out / (f"{{00000..{shards - 1:05d}}}.tar" if shards > 1 else "00000.tar"))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
@@ -18,8 +19,9 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
     batch b sees exactly the samples an uninterrupted run would, on any number of ranks.
     """
 
-    def __init__(self, num_samples: int, global_batch: int, rank: int = 0, world: int = 1, seed: int = 0,
-                 start_batch: int = 0) -> None:
+    def __init__(
+        self, num_samples: int, global_batch: int, rank: int = 0, world: int = 1, seed: int = 0, start_batch: int = 0
+    ) -> None:
         if global_batch % world:
             raise ValueError(f"global batch {global_batch} is not divisible by world size {world}")
         self.n, self.batch, self.rank, self.world = num_samples, global_batch, rank, world
@@ -66,11 +68,23 @@ class _Collate:
         return collate(items, self.context_length)
 
 
-def make_loader(dataset: Dataset, global_batch: int, rank: int = 0, world: int = 1, seed: int = 0,
-                start_batch: int = 0, workers: int = 1, context_length: int = 77) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    global_batch: int,
+    rank: int = 0,
+    world: int = 1,
+    seed: int = 0,
+    start_batch: int = 0,
+    workers: int = 1,
+    context_length: int = 77,
+) -> DataLoader:
     """An endless DataLoader of this rank's share of each global batch."""
-    common: dict[str, Any] = dict(collate_fn=_Collate(context_length), num_workers=workers,
-                                  persistent_workers=False, prefetch_factor=4 if workers else None)
+    common: dict[str, Any] = dict(
+        collate_fn=_Collate(context_length),
+        num_workers=workers,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
     if isinstance(dataset, IterableDataset):
         return DataLoader(dataset, batch_size=global_batch // world, **common)
     sampler = ResumableBatchSampler(len(dataset), global_batch, rank, world, seed, start_batch)

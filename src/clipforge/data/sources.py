@@ -16,9 +16,10 @@ from __future__ import annotations
 import csv
 import random
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, IterableDataset
@@ -51,7 +52,9 @@ def parse_data_spec(spec: str) -> DataSpec:
             try:
                 opts[key] = _SYNTHETIC_OPTIONS[key](value)
             except ValueError as e:
-                raise ConfigError(f"synthetic option {key}={value!r} is not a valid {_SYNTHETIC_OPTIONS[key].__name__}") from e
+                raise ConfigError(
+                    f"synthetic option {key}={value!r} is not a valid {_SYNTHETIC_OPTIONS[key].__name__}"
+                ) from e
         return DataSpec("synthetic", options=opts)
     if ".tar" in spec:
         return DataSpec("webdataset", spec)
@@ -63,8 +66,9 @@ def parse_data_spec(spec: str) -> DataSpec:
     if path.is_dir():
         shards = sorted(str(p) for p in path.glob("*.tar"))
         return DataSpec("webdataset", "::".join(shards)) if shards else DataSpec("folder", spec)
-    raise ConfigError(f"cannot read data spec {spec!r}: not 'synthetic[:opts]', a .csv/.tsv file, a folder "
-                      "or WebDataset .tar shards")
+    raise ConfigError(
+        f"cannot read data spec {spec!r}: not 'synthetic[:opts]', a .csv/.tsv file, a folder or WebDataset .tar shards"
+    )
 
 
 def stable_seed(*parts: Any) -> int:
@@ -99,8 +103,10 @@ class PairDataset(Dataset):
             except (ImageError, ValueError, OSError):
                 skipped += 1
                 if skipped >= min(MAX_CONSECUTIVE_SKIPS, len(self)):
-                    raise ImageError(f"{skipped} consecutive unusable samples from index {index - skipped + 1}; "
-                                     "is the dataset corrupt?") from None
+                    raise ImageError(
+                        f"{skipped} consecutive unusable samples from index {index - skipped + 1}; "
+                        "is the dataset corrupt?"
+                    ) from None
                 index = (index + 1) % len(self)
 
 
@@ -177,8 +183,9 @@ class WebDatasetPairs(IterableDataset):
     and workers, then a shuffle buffer. Exact replay after resume is not possible for streams: a
     resumed run continues with fresh passes (no sample is lost; the step count is exact)."""
 
-    def __init__(self, urls: str, transform: Callable[..., torch.Tensor], seed: int = 0,
-                 shuffle_buffer: int = 1000) -> None:
+    def __init__(
+        self, urls: str, transform: Callable[..., torch.Tensor], seed: int = 0, shuffle_buffer: int = 1000
+    ) -> None:
         import webdataset as wds
 
         self.shards = wds.shardlists.expand_urls(urls)
@@ -220,24 +227,34 @@ class WebDatasetPairs(IterableDataset):
             random.Random(stable_seed(self.seed, epoch)).shuffle(shards)
             mine = list(wds.split_by_worker(wds.split_by_node([{"url": s} for s in shards])))
             if not mine:
-                raise ConfigError(f"{len(shards)} WebDataset shards are too few for every rank and data worker "
-                                  "to get one; write more shards or use fewer workers")
+                raise ConfigError(
+                    f"{len(shards)} WebDataset shards are too few for every rank and data worker "
+                    "to get one; write more shards or use fewer workers"
+                )
             samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)(iter(mine))
             rng = random.Random(stable_seed(self.seed, epoch, "buffer"))
-            for sample in wds.filters._shuffle(samples, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng):
+            for sample in wds.filters._shuffle(
+                samples, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng
+            ):
                 out = self._decode(sample, counter)
                 if out is not None:
                     yield out
 
 
-def build_dataset(spec: DataSpec | str, transform: Callable[..., torch.Tensor], image_size: int,
-                  seed: int = 0) -> tuple[Dataset, dict[str, int]]:
+def build_dataset(
+    spec: DataSpec | str, transform: Callable[..., torch.Tensor], image_size: int, seed: int = 0
+) -> tuple[Dataset, dict[str, int]]:
     """(dataset, info) for a data spec; info counts problems found while indexing (uncaptioned images)."""
     spec = parse_data_spec(spec) if isinstance(spec, str) else spec
     if spec.kind == "synthetic":
         o = spec.options
-        world = SyntheticWorld(o.get("n", 20_000), o.get("size", image_size), o.get("split", "train"),
-                               o.get("seed", seed), o.get("max_objects", 3))
+        world = SyntheticWorld(
+            o.get("n", 20_000),
+            o.get("size", image_size),
+            o.get("split", "train"),
+            o.get("seed", seed),
+            o.get("max_objects", 3),
+        )
         return SyntheticPairs(world, transform, seed), {}
     if spec.kind == "csv":
         return FilePairs(read_csv_pairs(spec.location), transform, seed), {}

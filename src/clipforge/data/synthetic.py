@@ -20,8 +20,14 @@ from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "diamond", "pentagon", "hexagon", "star", "cross")
 COLOURS = {
-    "red": (215, 38, 38), "green": (40, 165, 60), "blue": (40, 80, 215), "yellow": (235, 205, 35),
-    "purple": (135, 55, 185), "orange": (245, 135, 25), "pink": (240, 120, 185), "cyan": (40, 200, 210),
+    "red": (215, 38, 38),
+    "green": (40, 165, 60),
+    "blue": (40, 80, 215),
+    "yellow": (235, 205, 35),
+    "purple": (135, 55, 185),
+    "orange": (245, 135, 25),
+    "pink": (240, 120, 185),
+    "cyan": (40, 200, 210),
 }
 COLOUR_NAMES = tuple(COLOURS)
 SIZES = ("small", "large")
@@ -31,21 +37,36 @@ HELDOUT_PAIRS = frozenset((SHAPES[i], COLOUR_NAMES[(3 * i + 1) % 8]) for i in ra
 SPLITS = ("train", "val", "heldout")
 
 _ONE = [
-    "a {size} {colour} {shape}", "a photo of a {colour} {shape}", "a {colour} {shape}",
-    "a {colour} {shape} on a {bg} background", "there is a {colour} {shape} in the {pos}",
-    "an image of a {size} {colour} {shape}", "a picture showing one {colour} {shape}",
-    "a {colour} {shape} near the {pos}", "one {size} {shape}, coloured {colour}",
-    "a drawing of a {colour} {shape}", "{colour} {shape}", "a {shape} that is {colour}",
+    "a {size} {colour} {shape}",
+    "a photo of a {colour} {shape}",
+    "a {colour} {shape}",
+    "a {colour} {shape} on a {bg} background",
+    "there is a {colour} {shape} in the {pos}",
+    "an image of a {size} {colour} {shape}",
+    "a picture showing one {colour} {shape}",
+    "a {colour} {shape} near the {pos}",
+    "one {size} {shape}, coloured {colour}",
+    "a drawing of a {colour} {shape}",
+    "{colour} {shape}",
+    "a {shape} that is {colour}",
 ]
 # Captions that leave out the colour (or the shape), as real captions often leave out attributes.
 _ONE_NO_COLOUR = [
-    "a {size} {shape}", "a photo of a {shape}", "a {shape} on a {bg} background", "a {shape} in the {pos}",
-    "a drawing of a {shape}", "one {shape}",
+    "a {size} {shape}",
+    "a photo of a {shape}",
+    "a {shape} on a {bg} background",
+    "a {shape} in the {pos}",
+    "a drawing of a {shape}",
+    "one {shape}",
 ]
 _ONE_NO_SHAPE = ["a {colour} shape", "a {size} {colour} object", "something {colour} on a {bg} background"]
 _MANY = [
-    "{list}", "a picture of {list}", "{list} on a {bg} background", "an image with {list}",
-    "{n} shapes: {list}", "a photo showing {list}",
+    "{list}",
+    "a picture of {list}",
+    "{list} on a {bg} background",
+    "an image with {list}",
+    "{n} shapes: {list}",
+    "a photo showing {list}",
 ]
 _PAIR = ["{a} to the left of {b}", "{a} and {b}", "{a} above {b}"]
 _NUMBERS = {2: "two", 3: "three", 4: "four"}
@@ -75,11 +96,18 @@ class Scene:
 
 def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
     def ring(n: int, r0: float, phase: float) -> list[tuple[float, float]]:
-        return [(cx + r0 * math.cos(phase + 2 * math.pi * k / n), cy + r0 * math.sin(phase + 2 * math.pi * k / n))
-                for k in range(n)]
+        return [
+            (cx + r0 * math.cos(phase + 2 * math.pi * k / n), cy + r0 * math.sin(phase + 2 * math.pi * k / n))
+            for k in range(n)
+        ]
 
     if shape == "square":
-        return [(cx - r * 0.8, cy - r * 0.8), (cx + r * 0.8, cy - r * 0.8), (cx + r * 0.8, cy + r * 0.8), (cx - r * 0.8, cy + r * 0.8)]
+        return [
+            (cx - r * 0.8, cy - r * 0.8),
+            (cx + r * 0.8, cy - r * 0.8),
+            (cx + r * 0.8, cy + r * 0.8),
+            (cx - r * 0.8, cy + r * 0.8),
+        ]
     if shape == "triangle":
         return ring(3, r, -math.pi / 2)
     if shape == "diamond":
@@ -93,8 +121,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
         return [p for pair in zip(outer, inner) for p in pair]
     if shape == "cross":
         a, b = r * 0.33, r
-        return [(cx - a, cy - b), (cx + a, cy - b), (cx + a, cy - a), (cx + b, cy - a), (cx + b, cy + a), (cx + a, cy + a),
-                (cx + a, cy + b), (cx - a, cy + b), (cx - a, cy + a), (cx - b, cy + a), (cx - b, cy - a), (cx - a, cy - a)]
+        return [
+            (cx - a, cy - b),
+            (cx + a, cy - b),
+            (cx + a, cy - a),
+            (cx + b, cy - a),
+            (cx + b, cy + a),
+            (cx + a, cy + a),
+            (cx + a, cy + b),
+            (cx - a, cy + b),
+            (cx - a, cy + a),
+            (cx - b, cy + a),
+            (cx - b, cy - a),
+            (cx - a, cy - a),
+        ]
     return None  # circle
 
 
@@ -120,8 +160,9 @@ def _position_name(cx: float, cy: float, size: int) -> str:
 class SyntheticWorld:
     """Indexable dataset of `Scene`s. `split` is 'train', 'val' (seen compositions) or 'heldout'."""
 
-    def __init__(self, num_samples: int = 10_000, image_size: int = 64, split: str = "train", seed: int = 0,
-                 max_objects: int = 3) -> None:
+    def __init__(
+        self, num_samples: int = 10_000, image_size: int = 64, split: str = "train", seed: int = 0, max_objects: int = 3
+    ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
         if image_size < 16:
@@ -172,8 +213,11 @@ class SyntheticWorld:
             fill = tuple(int(np.clip(c + rng.normal(0, 8), 0, 255)) for c in COLOURS[colour])
             _draw(draw, shape, cx, cy, r, fill)
             _draw(inst_draw, shape, cx, cy, r, len(objects) + 1)
-            objects.append(SceneObject(shape, colour, sz, _position_name(cx, cy, size), (0, 0, 0, 0),
-                                       _articles(f"a {sz} {colour} {shape}")))
+            objects.append(
+                SceneObject(
+                    shape, colour, sz, _position_name(cx, cy, size), (0, 0, 0, 0), _articles(f"a {sz} {colour} {shape}")
+                )
+            )
         instance_mask = np.asarray(inst, dtype=np.int64)
         class_mask = np.zeros_like(instance_mask)
         for i, obj in enumerate(objects):
@@ -181,9 +225,21 @@ class SyntheticWorld:
             obj.box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
             class_mask[instance_mask == i + 1] = SHAPES.index(obj.shape) + 1
         captions = self._captions(objects, bg, rng)
-        return Scene(image, captions[0], captions, objects, bg, instance_mask, class_mask,
-                     {"shapes": [o.shape for o in objects], "colours": [o.colour for o in objects],
-                      "sizes": [o.size for o in objects], "background": bg})
+        return Scene(
+            image,
+            captions[0],
+            captions,
+            objects,
+            bg,
+            instance_mask,
+            class_mask,
+            {
+                "shapes": [o.shape for o in objects],
+                "colours": [o.colour for o in objects],
+                "sizes": [o.size for o in objects],
+                "background": bg,
+            },
+        )
 
     def _captions(self, objects: list[SceneObject], bg: str, rng: np.random.Generator) -> list[str]:
         out = []
@@ -197,8 +253,9 @@ class SyntheticWorld:
                 continue
             order = rng.permutation(len(objects))
             no_colour = rng.random() < 0.3
-            phrases = [f"a {objects[i].shape}" if no_colour else f"a {objects[i].colour} {objects[i].shape}"
-                       for i in order]
+            phrases = [
+                f"a {objects[i].shape}" if no_colour else f"a {objects[i].colour} {objects[i].shape}" for i in order
+            ]
             if len(objects) == 2 and rng.random() < 0.4:
                 a, b = objects[order[0]], objects[order[1]]
                 rel = "to the left of" if a.box[0] < b.box[0] else "to the right of"

@@ -10,9 +10,10 @@ Captioned (`--data` for retrieval): synthetic[:split=val,n=..], a .csv/.tsv, a c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -70,12 +71,16 @@ def _synthetic_options(spec: str) -> dict[str, Any]:
     return opts
 
 
-def synthetic_labelled(split: str = "heldout", label: str = "shape", n: int = 800, size: int = 64,
-                       seed: int = 0) -> LabelledImages:
+def synthetic_labelled(
+    split: str = "heldout", label: str = "shape", n: int = 800, size: int = 64, seed: int = 0
+) -> LabelledImages:
     """One-object scenes labelled by shape, colour or colour-shape composite."""
     world = SyntheticWorld(n, size, split, seed, max_objects=1)
-    classnames = {"shape": list(SHAPES), "colour": list(COLOUR_NAMES),
-                  "composite": [f"{c} {s}" for c in COLOUR_NAMES for s in SHAPES]}[label]
+    classnames = {
+        "shape": list(SHAPES),
+        "colour": list(COLOUR_NAMES),
+        "composite": [f"{c} {s}" for c in COLOUR_NAMES for s in SHAPES],
+    }[label]
     images, labels = [], []
     for i in range(n):
         scene = world[i]
@@ -105,8 +110,10 @@ def class_folders(root: str | Path, split: str = "test") -> LabelledImages:
     if found:
         root = found[0]
     elif split == "train":  # probing on the test images themselves would report a leak, not a result
-        raise ConfigError(f"{root} has no train/ folder: linear-probe and fewshot need root/train and root/val "
-                          "(zero-shot works on a plain class-folder root)")
+        raise ConfigError(
+            f"{root} has no train/ folder: linear-probe and fewshot need root/train and root/val "
+            "(zero-shot works on a plain class-folder root)"
+        )
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise ConfigError(f"{root} has no class folders (expected root/<class>/*.jpg)")
@@ -124,8 +131,13 @@ def labelled_dataset(spec: str, split: str = "test", image_size: int = 64) -> La
     if spec.startswith("synthetic"):
         # the probe's training images come from the same split as the test images, drawn with another seed
         o = _synthetic_options(spec)
-        return synthetic_labelled(o.get("split", "heldout"), o["label"], o.get("n", 800), o.get("size", image_size),
-                                  o.get("seed", 0) + (0 if split == "test" else 1000))
+        return synthetic_labelled(
+            o.get("split", "heldout"),
+            o["label"],
+            o.get("n", 800),
+            o.get("size", image_size),
+            o.get("seed", 0) + (0 if split == "test" else 1000),
+        )
     if Path(spec).is_dir():
         return class_folders(spec, split)
     raise ConfigError(f"cannot use {spec!r} as a labelled dataset: use digits, synthetic[:...] or a class-folder root")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -33,8 +33,9 @@ def _ranks(sim: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     return (sim > best_pos[:, None]).sum(dim=1) + 1
 
 
-def retrieval_metrics(similarity: torch.Tensor, caption_image: torch.Tensor,
-                      ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+def retrieval_metrics(
+    similarity: torch.Tensor, caption_image: torch.Tensor, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
     """Image<->text retrieval from an (images, captions) similarity matrix.
 
     `caption_image[j]` is the index of the image caption j describes (several captions per image

@@ -30,8 +30,15 @@ def _sweep(xtr: np.ndarray, ytr: np.ndarray, xval: np.ndarray, yval: np.ndarray,
     return Cs[max(range(len(Cs)), key=lambda i: scores[i])]
 
 
-def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 val_fraction: float = 0.2, seed: int = 0, Cs=DEFAULT_CS) -> dict[str, float]:
+def linear_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    Cs=DEFAULT_CS,
+) -> dict[str, float]:
     """Sweep C on a validation part of the training features, refit on all of them, score the test set."""
     (xtr, xte), ytr, yte = _prep(train_x, test_x), train_y.numpy(), test_y.numpy()
     order = np.random.default_rng(seed).permutation(len(ytr))
@@ -41,8 +48,15 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     return {"top1": float(clf.score(xte, yte)), "C": float(C), "train_samples": int(len(ytr))}
 
 
-def few_shot(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-             ks=(1, 2, 4, 8, 16), seeds: int = 3, Cs=DEFAULT_CS) -> dict[str, dict[str, float]]:
+def few_shot(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    ks=(1, 2, 4, 8, 16),
+    seeds: int = 3,
+    Cs=DEFAULT_CS,
+) -> dict[str, dict[str, float]]:
     """k examples per class drawn from the training features (several seeds); C chosen on the
     remaining training features; mean and std of test accuracy over seeds."""
     (xtr, xte), ytr, yte = _prep(train_x, test_x), train_y.numpy(), test_y.numpy()
@@ -52,8 +66,12 @@ def few_shot(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
         accs = []
         for s in range(seeds):
             rng = np.random.default_rng(1000 * k + s)
-            pick = np.concatenate([rng.choice(np.flatnonzero(ytr == c), size=min(k, int((ytr == c).sum())),
-                                              replace=False) for c in classes])
+            pick = np.concatenate(
+                [
+                    rng.choice(np.flatnonzero(ytr == c), size=min(k, int((ytr == c).sum())), replace=False)
+                    for c in classes
+                ]
+            )
             rest = np.setdiff1d(np.arange(len(ytr)), pick)
             # no examples left to validate on (k covers the whole training set): use C = 1
             C = _sweep(xtr[pick], ytr[pick], xtr[rest], ytr[rest], Cs) if len(rest) else 1.0

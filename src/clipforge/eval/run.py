@@ -18,8 +18,9 @@ from .zeroshot import zero_shot_classifier
 TASKS = ("zeroshot", "retrieval", "linear-probe", "fewshot")
 
 
-def zeroshot(model: torch.nn.Module, ds: LabelledImages, templates: Any = "photo",
-             feats: torch.Tensor | None = None) -> dict[str, float]:
+def zeroshot(
+    model: torch.nn.Module, ds: LabelledImages, templates: Any = "photo", feats: torch.Tensor | None = None
+) -> dict[str, float]:
     clf = zero_shot_classifier(model, ds.classnames, templates)
     feats = image_features(model, ds) if feats is None else feats
     logits = clf.logits(feats)
@@ -41,12 +42,22 @@ def retrieval(model: torch.nn.Module, ds: CaptionedImages) -> dict[str, float]:
 def _probe_data(model: torch.nn.Module, spec: str) -> tuple[torch.Tensor, ...]:
     size = model.config.vision.image_size
     train, test = labelled_dataset(spec, "train", size), labelled_dataset(spec, "test", size)
-    return (image_features(model, train), torch.tensor(train.labels), image_features(model, test),
-            torch.tensor(test.labels))
+    return (
+        image_features(model, train),
+        torch.tensor(train.labels),
+        image_features(model, test),
+        torch.tensor(test.labels),
+    )
 
 
-def run_eval(model: torch.nn.Module, task: str, data: str, templates: Any = "photo", model_name: str = "",
-             ks: tuple[int, ...] = (1, 2, 4, 8, 16)) -> dict[str, Any]:
+def run_eval(
+    model: torch.nn.Module,
+    task: str,
+    data: str,
+    templates: Any = "photo",
+    model_name: str = "",
+    ks: tuple[int, ...] = (1, 2, 4, 8, 16),
+) -> dict[str, Any]:
     """Run one benchmark; returns {"dataset", "model", "task", "metrics"}."""
     if task not in TASKS:
         from ..errors import ConfigError

@@ -3,10 +3,10 @@ normalised, averaged over templates, normalised again (ensembling in embedding s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,14 @@ def _asset(name: str) -> list[str]:
 # Templates for the synthetic world: phrasings that do not name a colour, size or position, so the
 # same set works for shape, colour and composite labels.
 SYNTHETIC_TEMPLATES = [
-    "a {}.", "a photo of a {}.", "a picture showing one {}.", "a drawing of a {}.", "an image of a {}.",
-    "there is a {} in the picture.", "a {} on a plain background.", "one {}.",
+    "a {}.",
+    "a photo of a {}.",
+    "a picture showing one {}.",
+    "a drawing of a {}.",
+    "an image of a {}.",
+    "there is a {} in the picture.",
+    "a {} on a plain background.",
+    "one {}.",
 ]
 
 
@@ -73,7 +79,7 @@ class ZeroShotClassifier:
             feats = feats @ self.projection
         return self.scale * F.normalize(feats, dim=-1) @ self.weights.T
 
-    def debiased(self, nuisance: "ZeroShotClassifier") -> "ZeroShotClassifier":
+    def debiased(self, nuisance: ZeroShotClassifier) -> ZeroShotClassifier:
         """This classifier with the directions that separate `nuisance`'s classes projected out of the
         image and class embeddings (Chuang et al., 2023, "Debiasing vision-language models via biased
         prompts"): e.g. shape classes debiased against colour prompts ignore the colour that the shape
@@ -89,13 +95,16 @@ class ZeroShotClassifier:
         """Top-k (label, probability) per image, probabilities from the softmax over all classes."""
         probs = self.logits(image_features).softmax(dim=-1)
         top = probs.topk(min(k, len(self.classnames)), dim=-1)
-        return [[(self.classnames[i], p) for p, i in zip(ps.tolist(), ix.tolist())]
-                for ps, ix in zip(top.values, top.indices)]
+        return [
+            [(self.classnames[i], p) for p, i in zip(ps.tolist(), ix.tolist())]
+            for ps, ix in zip(top.values, top.indices)
+        ]
 
 
 @torch.no_grad()
-def zero_shot_classifier(model: torch.nn.Module, classnames: Sequence[str], templates: str | Sequence[str] = "photo",
-                         batch_size: int = 256) -> ZeroShotClassifier:
+def zero_shot_classifier(
+    model: torch.nn.Module, classnames: Sequence[str], templates: str | Sequence[str] = "photo", batch_size: int = 256
+) -> ZeroShotClassifier:
     """Build the classifier: encode every template with every class, normalise, average, normalise."""
     templates = load_templates(templates)
     device = next(model.parameters()).device
@@ -106,7 +115,7 @@ def zero_shot_classifier(model: torch.nn.Module, classnames: Sequence[str], temp
         texts = [t.format(name) for t in templates]
         embs = []
         for i in range(0, len(texts), batch_size):
-            tokens = tokenize(texts[i:i + batch_size], context_length=context_length, truncate=True).to(device)
+            tokens = tokenize(texts[i : i + batch_size], context_length=context_length, truncate=True).to(device)
             embs.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
         weights.append(F.normalize(torch.cat(embs).mean(dim=0), dim=-1))
     scale = float(model.scale()) if hasattr(model, "scale") else 100.0

@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 EXPLICIT_MAX_TOKENS = 128  # above this no faster, and the (B, H, N, N) scores cost more memory than the speed is worth
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-              mask: torch.Tensor | None = None) -> torch.Tensor:
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over (B, H, N, d) tensors, with an optional causal mask or a boolean
     `mask` broadcastable to (B, H, N, M) that is True where a query may attend to a key."""
     n, m = q.shape[-2], k.shape[-2]
@@ -56,8 +56,13 @@ class Attention(nn.Module):
         B, N, C = t.shape
         return t.view(B, N, parts, self.heads, C // parts // self.heads).permute(2, 0, 3, 1, 4)
 
-    def forward(self, x: torch.Tensor, causal: bool = False, rows: torch.Tensor | None = None,
-                shape: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        causal: bool = False,
+        rows: torch.Tensor | None = None,
+        shape: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         """(B, N, D) -> (B, N, D); or, with `rows` and `shape` = (B, N), packed (T, D) -> (T, D).
         Packed sequences must be causal prefixes of the grid (padding only after each sequence)."""
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (..., 3D)
@@ -70,8 +75,14 @@ class Attention(nn.Module):
             out = out.reshape(B * N, D).index_select(0, rows)
         return self.out_proj(out)
 
-    def forward_at(self, x: torch.Tensor, query: torch.Tensor, key_mask: torch.Tensor | None = None,
-                   rows: torch.Tensor | None = None, shape: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward_at(
+        self,
+        x: torch.Tensor,
+        query: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
+        shape: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         """The output for one query token per sequence, (B, D), skipping every other query.
 
         `x` is (B, N, D), or packed (T, D) with `rows`/`shape`; `query` indexes its flattened leading

@@ -20,14 +20,25 @@ class ResidualBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(width, eps=eps)
         self.mlp = Mlp(width, int(width * mlp_ratio), act)
 
-    def forward(self, x: torch.Tensor, causal: bool = False, rows: torch.Tensor | None = None,
-                shape: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        causal: bool = False,
+        rows: torch.Tensor | None = None,
+        shape: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         """(B, N, D) tokens, or packed (T, D) ones with their `rows` in the (B, N) grid `shape`."""
         x = x + self.attn(self.ln_1(x), causal, rows, shape)
         return x + self.mlp(self.ln_2(x))
 
-    def forward_at(self, x: torch.Tensor, query: torch.Tensor, key_mask: torch.Tensor | None = None,
-                   rows: torch.Tensor | None = None, shape: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward_at(
+        self,
+        x: torch.Tensor,
+        query: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
+        shape: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         """This block's output at one token per sequence, (B, D) (see `Attention.forward_at`)."""
         y = x.reshape(-1, x.shape[-1]).index_select(0, query)
         y = y + self.attn.forward_at(self.ln_1(x), query, key_mask, rows, shape)
@@ -37,15 +48,17 @@ class ResidualBlock(nn.Module):
 class Transformer(nn.Module):
     """A stack of ResidualBlocks on (B, N, D) tokens; optional gradient checkpointing per block."""
 
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu",
-                 eps: float = 1e-5) -> None:
+    def __init__(
+        self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu", eps: float = 1e-5
+    ) -> None:
         super().__init__()
         self.width = width
         self.resblocks = nn.ModuleList(ResidualBlock(width, heads, mlp_ratio, act, eps) for _ in range(layers))
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor, causal: bool = False,
-                intermediates: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, causal: bool = False, intermediates: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Run all blocks; if `intermediates` is a list, append every block's output to it."""
         for block in self.resblocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():

@@ -34,12 +34,14 @@ class CLIP(nn.Module):
         self.config = config
         v, t = config.vision, config.text
         if v.kind == "vit":
-            self.visual: nn.Module = VisionTransformer(v.image_size, v.patch_size, v.width, v.layers, v.heads,
-                                                       config.embed_dim, v.mlp_ratio, v.act, v.ln_eps)
+            self.visual: nn.Module = VisionTransformer(
+                v.image_size, v.patch_size, v.width, v.layers, v.heads, config.embed_dim, v.mlp_ratio, v.act, v.ln_eps
+            )
         else:
             self.visual = ModifiedResNet(v.layers, config.embed_dim, v.heads, v.image_size, v.width)
-        self.text = TextTransformer(t.context_length, t.vocab_size, t.width, t.layers, t.heads, config.embed_dim,
-                                    t.mlp_ratio, t.act, t.ln_eps)
+        self.text = TextTransformer(
+            t.context_length, t.vocab_size, t.width, t.layers, t.heads, config.embed_dim, t.mlp_ratio, t.act, t.ln_eps
+        )
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
 
     @property
@@ -63,8 +65,9 @@ class CLIP(nn.Module):
             logit_scale=self.scale(),
         )
 
-    def forward_intermediates(self, images: torch.Tensor | None = None,
-                              text: torch.Tensor | None = None) -> dict[str, Any]:
+    def forward_intermediates(
+        self, images: torch.Tensor | None = None, text: torch.Tensor | None = None
+    ) -> dict[str, Any]:
         """Per-layer tokens (ViT/text blocks) or feature maps (ResNet stages) plus the embeddings."""
         out: dict[str, Any] = {}
         if images is not None:

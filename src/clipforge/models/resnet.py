@@ -28,11 +28,15 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * 4)
         self.downsample: nn.Module | None = None
         if stride > 1 or inplanes != planes * 4:
-            self.downsample = nn.Sequential(OrderedDict([
-                ("-1", nn.AvgPool2d(stride)),
-                ("0", nn.Conv2d(inplanes, planes * 4, 1, stride=1, bias=False)),
-                ("1", nn.BatchNorm2d(planes * 4)),
-            ]))
+            self.downsample = nn.Sequential(
+                OrderedDict(
+                    [
+                        ("-1", nn.AvgPool2d(stride)),
+                        ("0", nn.Conv2d(inplanes, planes * 4, 1, stride=1, bias=False)),
+                        ("1", nn.BatchNorm2d(planes * 4)),
+                    ]
+                )
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -67,8 +71,9 @@ class AttentionPool2d(nn.Module):
 
 
 class ModifiedResNet(nn.Module):
-    def __init__(self, layers: tuple[int, ...], output_dim: int, heads: int, image_size: int = 224,
-                 width: int = 64) -> None:
+    def __init__(
+        self, layers: tuple[int, ...], output_dim: int, heads: int, image_size: int = 224, width: int = 64
+    ) -> None:
         super().__init__()
         self.image_size = image_size
         self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)

@@ -9,8 +9,18 @@ from ..layers import Transformer
 
 
 class TextTransformer(nn.Module):
-    def __init__(self, context_length: int, vocab_size: int, width: int, layers: int, heads: int,
-                 output_dim: int, mlp_ratio: float = 4.0, act: str = "gelu", eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        context_length: int,
+        vocab_size: int,
+        width: int,
+        layers: int,
+        heads: int,
+        output_dim: int,
+        mlp_ratio: float = 4.0,
+        act: str = "gelu",
+        eps: float = 1e-5,
+    ) -> None:
         super().__init__()
         self.context_length = context_length
         self.vocab_size = vocab_size

@@ -9,8 +9,18 @@ from ..layers import Transformer
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int, output_dim: int,
-                 mlp_ratio: float = 4.0, act: str = "gelu", eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        width: int,
+        layers: int,
+        heads: int,
+        output_dim: int,
+        mlp_ratio: float = 4.0,
+        act: str = "gelu",
+        eps: float = 1e-5,
+    ) -> None:
         super().__init__()
         self.image_size = image_size
         self.patch_size = patch_size

@@ -39,8 +39,11 @@ class CLIPTask:
         return {"image": out.image_embeds, "text": out.text_embeds, "scale": out.logit_scale}
 
     def loss(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"contrastive": clip_loss(outputs["image"], outputs["text"], outputs["scale"],
-                                         gather=is_distributed(), local_loss=self.local_loss)}
+        return {
+            "contrastive": clip_loss(
+                outputs["image"], outputs["text"], outputs["scale"], gather=is_distributed(), local_loss=self.local_loss
+            )
+        }
 
     def after_step(self, model: CLIP) -> None:
         with torch.no_grad():  # keep exp(t) <= max scale, as the paper clips it

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,12 +52,12 @@ class Vocabulary(nn.Module):
         self.size = 4 + len(words)
 
     @classmethod
-    def from_captions(cls, captions: Iterable[str], max_size: int = 8192, context_length: int = 77) -> "Vocabulary":
+    def from_captions(cls, captions: Iterable[str], max_size: int = 8192, context_length: int = 77) -> Vocabulary:
         """The `max_size - 4` most frequent BPE tokens of `captions`."""
         counts: Counter[int] = Counter()
         captions = list(captions)
         for start in range(0, len(captions), 1024):
-            ids = tokenize(captions[start:start + 1024], context_length=context_length, truncate=True)
+            ids = tokenize(captions[start : start + 1024], context_length=context_length, truncate=True)
             counts.update(ids[ids != 0].tolist())
         return cls([t for t, _ in counts.most_common(max_size)])
 
@@ -89,15 +90,14 @@ def _prompt_ids(model: _ImageTowerModel, classnames: Sequence[str], templates: A
     templates = load_templates(templates)
     texts = [t.format(c) for c in classnames for t in templates]
     bpe = tokenize(texts, context_length=model.config.text.context_length, truncate=True)
-    bpe = bpe[:, :int((bpe != 0).sum(1).max())]
+    bpe = bpe[:, : int((bpe != 0).sum(1).max())]
     return model.vocab(bpe.to(model.vocab.lookup.device)), len(templates)
 
 
 class CaptioningModel(_ImageTowerModel):
     """Image features -> `prefix` tokens -> causal transformer over [prefix, <start>, w1 .. wn]."""
 
-    def __init__(self, config: CLIPConfig, vocab: Vocabulary, prefix: int = 4,
-                 layers: int | None = None) -> None:
+    def __init__(self, config: CLIPConfig, vocab: Vocabulary, prefix: int = 4, layers: int | None = None) -> None:
         super().__init__(config, vocab)
         t = config.text
         width, self.prefix = t.width, prefix
@@ -113,8 +113,8 @@ class CaptioningModel(_ImageTowerModel):
         """(B, L, V) next-token logits after each of the first L tokens of `ids` (compact ids)."""
         b, n = ids.shape
         prefix = self.prefix_proj(image_features).view(b, self.prefix, -1)  # (B, P, W)
-        x = torch.cat([prefix, self.token_embedding(ids)], dim=1) + self.positional_embedding[:self.prefix + n]
-        x = self.ln_final(self.decoder(x, causal=True))[:, self.prefix:]  # (B, L, W)
+        x = torch.cat([prefix, self.token_embedding(ids)], dim=1) + self.positional_embedding[: self.prefix + n]
+        x = self.ln_final(self.decoder(x, causal=True))[:, self.prefix :]  # (B, L, W)
         return x @ self.token_embedding.weight.T  # tied output layer
 
     def sequence_nll(self, image_features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -130,8 +130,9 @@ class CaptioningModel(_ImageTowerModel):
         return {"nll_per_token": nll / (ids[:, 1:] != PAD).sum(1).clamp(min=1)}  # (B,)
 
     @torch.no_grad()
-    def zero_shot_logits(self, image_features: torch.Tensor, classnames: Sequence[str], templates: Any,
-                         batch_size: int = 8192) -> torch.Tensor:
+    def zero_shot_logits(
+        self, image_features: torch.Tensor, classnames: Sequence[str], templates: Any, batch_size: int = 8192
+    ) -> torch.Tensor:
         """(N, C): mean over templates of log p(prompt | image)."""
         ids, t = _prompt_ids(self, classnames, templates)  # (C*T, L)
         feats = image_features.to(ids.device)
@@ -139,9 +140,9 @@ class CaptioningModel(_ImageTowerModel):
         out = torch.empty(n, p)
         per = max(1, batch_size // p)
         for i in range(0, n, per):
-            f = feats[i:i + per]
+            f = feats[i : i + per]
             rows = f.repeat_interleave(p, dim=0)
-            out[i:i + per] = -self.sequence_nll(rows, ids.repeat(f.shape[0], 1)).view(-1, p).cpu()
+            out[i : i + per] = -self.sequence_nll(rows, ids.repeat(f.shape[0], 1)).view(-1, p).cpu()
         return out.view(n, len(classnames), t).mean(-1)
 
 
@@ -223,8 +224,11 @@ class BagOfWordsTask(_ObjectiveTask):
 
 class BagOfWordsCLIPTask(_ObjectiveTask):
     def loss(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"contrastive": clip_loss(outputs["image"], outputs["text"], outputs["scale"],
-                                         gather=is_distributed(), local_loss=True)}
+        return {
+            "contrastive": clip_loss(
+                outputs["image"], outputs["text"], outputs["scale"], gather=is_distributed(), local_loss=True
+            )
+        }
 
     def after_step(self, model: nn.Module) -> None:
         with torch.no_grad():
@@ -234,8 +238,11 @@ class BagOfWordsCLIPTask(_ObjectiveTask):
         return {"scale": float(model.scale().detach())}
 
 
-OBJECTIVES = {"captioning": (CaptioningModel, CaptioningTask), "bow-prediction": (BagOfWordsModel, BagOfWordsTask),
-              "bow-contrastive": (BagOfWordsCLIP, BagOfWordsCLIPTask)}
+OBJECTIVES = {
+    "captioning": (CaptioningModel, CaptioningTask),
+    "bow-prediction": (BagOfWordsModel, BagOfWordsTask),
+    "bow-contrastive": (BagOfWordsCLIP, BagOfWordsCLIPTask),
+}
 
 
 def build_objective(name: str, config: CLIPConfig, vocab: Vocabulary | None = None, seed: int = 0) -> Any:

@@ -2,6 +2,6 @@
 optimisation, precision, accumulation, distribution, checkpoints and feedback."""
 
 from .config import TrainConfig
-from .loop import Task, TrainResult, TrainingError, train
+from .loop import Task, TrainingError, TrainResult, train
 
 __all__ = ["Task", "TrainConfig", "TrainResult", "TrainingError", "train"]

@@ -46,14 +46,16 @@ class TrainConfig:
         if self.steps is not None and self.steps <= 0 or self.epochs is not None and self.epochs <= 0:
             raise ConfigError("steps/epochs must be positive")
         if self.batch_size <= 0 or self.accum_steps <= 0 or self.batch_size % self.accum_steps:
-            raise ConfigError(f"batch_size {self.batch_size} must be a positive multiple of accum_steps {self.accum_steps}")
+            raise ConfigError(
+                f"batch_size {self.batch_size} must be a positive multiple of accum_steps {self.accum_steps}"
+            )
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         if self.on_nan not in ("stop", "skip"):
             raise ConfigError(f"on_nan must be 'stop' or 'skip', got {self.on_nan!r}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(names))
         if unknown:

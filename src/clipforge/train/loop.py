@@ -14,9 +14,10 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -25,8 +26,7 @@ from torch.utils.data import Dataset, IterableDataset
 from .. import distributed as D
 from ..errors import ClipforgeError
 from ..precision import autocast, resolve_precision
-from .checkpoint import (load_training_state, remove_stale_temporaries, rng_state, save_training_state,
-                         set_rng_state)
+from .checkpoint import load_training_state, remove_stale_temporaries, rng_state, save_training_state, set_rng_state
 from .config import TrainConfig
 from .optim import build_optimizer, cosine_schedule
 from .report import MetricsLog, plot_curves
@@ -61,17 +61,24 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def _split(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
-    n = len(batch["images"]) if "images" in batch else next(len(v) for v in batch.values() if isinstance(v, torch.Tensor))
+    n = (
+        len(batch["images"])
+        if "images" in batch
+        else next(len(v) for v in batch.values() if isinstance(v, torch.Tensor))
+    )
     size = n // parts
-    return [{k: v[i * size:(i + 1) * size] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
-            for i in range(parts)]
+    return [
+        {k: v[i * size : (i + 1) * size] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
+        for i in range(parts)
+    ]
 
 
 class _Stepper:
     """Computes gradients for one global step (plain or gradient-cached accumulation)."""
 
-    def __init__(self, task: Task, model: nn.Module, cfg: TrainConfig, device: torch.device,
-                 precision: str | None = None) -> None:
+    def __init__(
+        self, task: Task, model: nn.Module, cfg: TrainConfig, device: torch.device, precision: str | None = None
+    ) -> None:
         self.task, self.model, self.cfg, self.device = task, model, cfg, device
         self.precision = precision or resolve_precision(cfg.precision, device)
 
@@ -90,8 +97,12 @@ class _Stepper:
         chunks = _split(batch, self.cfg.accum_steps)
         with torch.no_grad():
             cached = [self._forward(c) for c in chunks]
-        leaves = {k: (torch.cat([c[k].float() for c in cached]) if cached[0][k].ndim else cached[0][k].float())
-                  .requires_grad_(True) for k in cached[0]}
+        leaves = {
+            k: (
+                torch.cat([c[k].float() for c in cached]) if cached[0][k].ndim else cached[0][k].float()
+            ).requires_grad_(True)
+            for k in cached[0]
+        }
         losses = self.task.loss(leaves)
         sum(losses.values()).backward()
         sizes = [len(c[next(k for k in cached[0] if cached[0][k].ndim)]) for c in cached]
@@ -105,7 +116,7 @@ class _Stepper:
                 for k, leaf in leaves.items():
                     if leaf.grad is None:
                         continue
-                    g = leaf.grad[offsets[j]:offsets[j] + sizes[j]] if leaf.ndim else leaf.grad / len(chunks)
+                    g = leaf.grad[offsets[j] : offsets[j] + sizes[j]] if leaf.ndim else leaf.grad / len(chunks)
                     tensors.append(out[k])
                     grads.append(g.to(out[k].dtype))
                 torch.autograd.backward(tensors, grads)
@@ -127,14 +138,16 @@ class _Trainer:
         self.task, self.cfg, self.evaluate = task, cfg, evaluate
         self.rank, self.world, self.device = D.init_distributed()
         if cfg.batch_size % (self.world * cfg.accum_steps):
-            raise ClipforgeError(f"batch size {cfg.batch_size} must divide by world size x accum_steps "
-                                 f"({self.world} x {cfg.accum_steps})")
+            raise ClipforgeError(
+                f"batch size {cfg.batch_size} must divide by world size x accum_steps "
+                f"({self.world} x {cfg.accum_steps})"
+            )
         torch.manual_seed(cfg.seed)
         self.out = Path(cfg.out)
         self.ckpt_path = self.out / "checkpoints" / "last.pt"
         self.total = _total_steps(cfg, dataset)
         self.model = task.model.to(self.device)
-        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model)
+        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
         warmup = cfg.warmup if cfg.warmup is not None else min(500, max(1, self.total // 20))
         self.scheduler = cosine_schedule(self.optimizer, warmup, self.total)
@@ -144,8 +157,16 @@ class _Trainer:
         if cfg.resume and self.ckpt_path.exists():
             self._restore()
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.rank == 0, truncate_after=self.step)
-        self.loader = make_loader(dataset, cfg.batch_size, self.rank, self.world, cfg.seed, self.step,
-                                  cfg.workers, getattr(task, "context_length", 77))
+        self.loader = make_loader(
+            dataset,
+            cfg.batch_size,
+            self.rank,
+            self.world,
+            cfg.seed,
+            self.step,
+            cfg.workers,
+            getattr(task, "context_length", 77),
+        )
         self.precision = resolve_precision(cfg.precision, self.device)
         self.stepper = _Stepper(task, self.ddp, cfg, self.device, self.precision)
 
@@ -161,12 +182,20 @@ class _Trainer:
 
     def _save(self) -> None:
         if self.rank == 0:
-            save_training_state(self.ckpt_path, {
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "step": self.step, "rng": rng_state(),
-                "samples_seen": self.step * self.cfg.batch_size, "skipped_samples": self.skipped_samples,
-                "skipped_steps": self.skipped_steps, "train_config": json.dumps(self.cfg.to_dict()),
-            })
+            save_training_state(
+                self.ckpt_path,
+                {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "step": self.step,
+                    "rng": rng_state(),
+                    "samples_seen": self.step * self.cfg.batch_size,
+                    "skipped_samples": self.skipped_samples,
+                    "skipped_steps": self.skipped_steps,
+                    "train_config": json.dumps(self.cfg.to_dict()),
+                },
+            )
         if self.world > 1:
             torch.distributed.barrier()
 
@@ -178,7 +207,8 @@ class _Trainer:
                 raise TrainingError(
                     f"loss is {total.item()} at step {self.step + 1}; stopping without saving (the last good "
                     f"checkpoint, if any, is {self.ckpt_path}). Lower the learning rate, use --precision fp32, "
-                    "or pass --on-nan skip to skip such steps.")
+                    "or pass --on-nan skip to skip such steps."
+                )
             self.skipped_steps += 1
             return float("nan"), None
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -194,8 +224,13 @@ class _Trainer:
         from tqdm import tqdm
 
         cfg, start_step, t_start = self.cfg, self.step, time.perf_counter()
-        bar = tqdm(total=self.total, initial=self.step, disable=not cfg.progress or self.rank != 0,
-                   unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total,
+            initial=self.step,
+            disable=not cfg.progress or self.rank != 0,
+            unit="step",
+            dynamic_ncols=True,
+        )
         it: Iterator[dict[str, Any]] = iter(self.loader)
         last_ckpt, wait, window_t, window_n, loss = time.perf_counter(), 0.0, time.perf_counter(), 0, float("nan")
         window_loss = 0.0
@@ -213,15 +248,21 @@ class _Trainer:
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == self.total:
                 elapsed = time.perf_counter() - window_t
-                row = self._log_row(losses, window_loss / window_n, grad_norm, window_n * cfg.batch_size / elapsed,
-                                    wait / elapsed)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{row['lr']:.2e}", T=f"{row.get('scale', 0):.1f}",
-                                **{"img/s": f"{row['samples_per_s']:.0f}"})
+                row = self._log_row(
+                    losses, window_loss / window_n, grad_norm, window_n * cfg.batch_size / elapsed, wait / elapsed
+                )
+                bar.set_postfix(
+                    loss=f"{loss:.3f}",
+                    lr=f"{row['lr']:.2e}",
+                    T=f"{row.get('scale', 0):.1f}",
+                    **{"img/s": f"{row['samples_per_s']:.0f}"},
+                )
                 window_t, window_n, wait, window_loss = time.perf_counter(), 0, 0.0, 0.0
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total:
                 self._evaluate()
             due = time.perf_counter() - last_ckpt >= cfg.checkpoint_every_s or (
-                cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0)
+                cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0
+            )
             if D.any_across_ranks(bool(due)):
                 self._save()
                 last_ckpt = time.perf_counter()
@@ -234,16 +275,36 @@ class _Trainer:
         seconds = time.perf_counter() - t_start
         done = self.step - start_step
         rows = self.metrics.rows
-        return TrainResult(self.step, loss, seconds, done * cfg.batch_size / max(seconds, 1e-9), self.skipped_samples,
-                           self.skipped_steps, sum(r.get("data_wait_frac", 0) for r in rows) / max(1, len(rows)), rows,
-                           self.precision)
+        return TrainResult(
+            self.step,
+            loss,
+            seconds,
+            done * cfg.batch_size / max(seconds, 1e-9),
+            self.skipped_samples,
+            self.skipped_steps,
+            sum(r.get("data_wait_frac", 0) for r in rows) / max(1, len(rows)),
+            rows,
+            self.precision,
+        )
 
-    def _log_row(self, losses: dict[str, torch.Tensor], loss: float, grad_norm: float | None,
-                 samples_per_s: float, wait_frac: float) -> dict[str, Any]:
+    def _log_row(
+        self,
+        losses: dict[str, torch.Tensor],
+        loss: float,
+        grad_norm: float | None,
+        samples_per_s: float,
+        wait_frac: float,
+    ) -> dict[str, Any]:
         # `loss` is the mean over the steps since the previous row
-        row: dict[str, Any] = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
-                               "samples_per_s": samples_per_s, "data_wait_frac": wait_frac,
-                               "skipped_samples": self.skipped_samples, "skipped_steps": self.skipped_steps}
+        row: dict[str, Any] = {
+            "step": self.step,
+            "loss": loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "samples_per_s": samples_per_s,
+            "data_wait_frac": wait_frac,
+            "skipped_samples": self.skipped_samples,
+            "skipped_steps": self.skipped_steps,
+        }
         if len(losses) > 1:
             row.update({f"loss/{k}": D.mean_across_ranks(v.float()).item() for k, v in losses.items()})
         if grad_norm is not None:

@@ -13,8 +13,9 @@ def no_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim < 2 or "embedding" in name or name.endswith("logit_scale")
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
-                    eps: float) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float
+) -> torch.optim.AdamW:
     decay, plain = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
