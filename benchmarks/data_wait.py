@@ -13,7 +13,7 @@ import tempfile
 
 import clipforge
 from clipforge.data import build_dataset
-from clipforge.tasks import CLIPTask
+from clipforge.systems.clip import CLIPTask
 from clipforge.train import TrainConfig, train
 
 

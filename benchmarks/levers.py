@@ -74,7 +74,7 @@ def text_trimming(name: str, batch: int) -> None:
 
 def precision_choice(batch: int, steps: int) -> None:
     """bf16 autocast vs fp32 on this machine: matmul peak and the quickstart model's training step."""
-    from clipforge.quickstart import MODEL, TEXT_LAYERS
+    from clipforge.systems.clip.quickstart import MODEL, TEXT_LAYERS
 
     peaks = {p: matmul_peak(torch.bfloat16 if p == "bf16" else torch.float32, n=1024, reps=3) for p in ("bf16", "fp32")}
     images, tokens, _ = make_batch(batch, clipforge.get_config(MODEL).vision.image_size, random.Random(0))

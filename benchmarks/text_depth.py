@@ -17,15 +17,15 @@ import platform
 import tempfile
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `clipforge quickstart` runs (see clipforge/__init__.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `clipforge quickstart` runs (see clipforge/cli.py)
 
 import torch  # noqa: E402
 
 from clipforge.eval.datasets import synthetic_labelled
 from clipforge.eval.features import image_features
 from clipforge.eval.zeroshot import zero_shot_classifier
-from clipforge.quickstart import MODEL, PROMPTS, _zeroshot_table, setup
-from clipforge.tasks import CLIPTask
+from clipforge.systems.clip import CLIPTask
+from clipforge.systems.clip.quickstart import MODEL, PROMPTS, _zeroshot_table, setup
 from clipforge.train import TrainConfig, train
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import clipforge
-from clipforge import hf as cf_hf
+from clipforge.systems.clip import hf as cf_hf
 
 WORDS = (
     "a photo of the red blue green small large dog cat bird car tree house person street sky water "

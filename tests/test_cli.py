@@ -36,21 +36,42 @@ def test_errors_are_one_line_not_tracebacks(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, env, expected",
     [
-        (["/venv/bin/clipforge", "quickstart"], {}, "PASSIVE"),
-        (["/venv/bin/clipforge", "train", "--data", "synthetic"], {}, "PASSIVE"),
-        (["/venv/bin/clipforge", "train", "--workers", "0"], {}, None),  # no workers: nothing competes
-        (["/venv/bin/clipforge", "eval"], {}, None),  # not a training command
-        (["/venv/bin/clipforge", "quickstart"], {"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),  # the user's choice wins
-        (["my_script.py", "train"], {}, None),  # library use keeps OpenMP's default
+        (["quickstart"], {}, "PASSIVE"),
+        (["train", "--data", "synthetic"], {}, "PASSIVE"),
+        (["study", "efficiency"], {}, "PASSIVE"),
+        (["train", "--workers", "0"], {}, None),  # no workers: nothing competes
+        (["eval"], {}, None),  # not a training command
+        (["quickstart"], {"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),  # the user's choice wins
     ],
 )
 def test_console_training_commands_wait_passively(argv, env, expected):
-    """The OpenMP wait policy is chosen before torch loads, only for the console's training commands."""
+    """The console entry point chooses the OpenMP wait policy before torch loads, only for training."""
     import os
     import subprocess
     import sys
 
-    code = f"import sys; sys.argv = {argv!r}; import clipforge, os; print(os.environ.get('OMP_WAIT_POLICY'))"
+    code = (
+        "import os, sys; from clipforge.cli import _passive_waits_for_training; "
+        f"assert 'torch' not in sys.modules; _passive_waits_for_training({argv!r}); "
+        "print(os.environ.get('OMP_WAIT_POLICY'))"
+    )
     clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(expected)
+
+
+def test_import_has_no_side_effects():
+    """`import clipforge` changes no environment variable and loads no torch, whatever sys.argv says."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; sys.argv = ['/venv/bin/clipforge', 'train']; before = dict(os.environ); "
+        "import clipforge; assert dict(os.environ) == before, 'environment changed'; "
+        "assert 'torch' not in sys.modules, 'torch imported'; clipforge.create_model('tiny-vit'); "
+        "assert 'torch' in sys.modules; print('ok')"
+    )
+    clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=clean, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

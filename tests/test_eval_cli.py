@@ -70,7 +70,7 @@ def test_zeroshot_and_retrieval_identical_across_formats(ckpt, tmp_path):
     clipforge.save(model, tmp_path / "oa.pt", format="openai")
     results = []
     for m in (model, clipforge.load(tmp_path / "hf"), clipforge.load(tmp_path / "oa.pt", model=model.config)):
-        zs = run_eval(m, "zeroshot", "synthetic:label=composite,n=64", "synthetic")["metrics"]
+        zs = run_eval(m, "zeroshot", "synthetic:label=composite,n=64", templates="synthetic")["metrics"]
         rt = run_eval(m, "retrieval", "synthetic:split=val,n=32")["metrics"]
         results.append((zs, rt))
     assert results[0] == results[1] == results[2]
@@ -102,7 +102,7 @@ def test_zeroshot_cli(ckpt, tmp_path, capsys):
 
 
 def test_quickstart_short_run_writes_its_report(tmp_path):
-    from clipforge.quickstart import run_quickstart
+    from clipforge.systems.clip.quickstart import run_quickstart
 
     report = run_quickstart(
         tmp_path / "qs",
@@ -130,7 +130,7 @@ def test_quickstart_short_run_writes_its_report(tmp_path):
 
 def test_quickstart_default_budget_keeps_the_steps_held_out_shapes_need(tmp_path, monkeypatch):
     """Default budget: 5 minutes, stretched to MIN_STEPS on a slow machine; an explicit --minutes is kept."""
-    import clipforge.quickstart as qs
+    import clipforge.systems.clip.quickstart as qs
 
     calls = []
 

@@ -11,8 +11,7 @@ import clipforge
 from clipforge.cli import main
 from clipforge.errors import ConfigError
 from clipforge.presets import get_config
-from clipforge.study import efficiency_ratios, images_to_reach, zero_shot_logits
-from clipforge.tasks.objectives import (
+from clipforge.systems.clip.objectives import (
     EOT,
     SOT,
     BagOfWordsCLIP,
@@ -21,6 +20,7 @@ from clipforge.tasks.objectives import (
     Vocabulary,
     build_objective,
 )
+from clipforge.systems.clip.study import efficiency_ratios, images_to_reach, zero_shot_logits
 
 CONFIG = get_config("tiny-rn").replace(text={"layers": 1})
 PROMPTS = ["a photo of a circle.", "a photo of a square.", "a photo of a star."]
@@ -134,6 +134,10 @@ def test_images_to_reach_and_ratios_on_hand_computed_curves():
     assert first["images_slower"] == pytest.approx(2000) and first["images_faster"] == pytest.approx(1000)
     assert first["ratio"] == pytest.approx(2.0) and first["paper_speedup"] == 3.0
     assert second["ratio"] is None and "chance" in second["note"]
+    # an objective that scores the common accuracy before training has no speed-up to report (not 0x)
+    curves = {"captioning": [(0, 0.5), (1000, 0.5)], "bow-prediction": [(0, 0.1), (1000, 0.6)]}
+    (row,) = efficiency_ratios(curves, chance=0.1)
+    assert row["ratio"] is None and "before training" in row["note"] and row["images_slower"] == 0
 
 
 def test_short_study_through_the_cli(tmp_path, capsys):

@@ -16,9 +16,10 @@ from PIL import Image
 import clipforge
 from clipforge.data import build_dataset
 from clipforge.data.export import write_csv_folder, write_webdataset
+from clipforge.data.loader import ImageTextCollate
 from clipforge.data.synthetic import SyntheticWorld
 from clipforge.precision import resolve_precision
-from clipforge.tasks import CLIPTask
+from clipforge.systems.clip import CLIPOptions, CLIPTask
 from clipforge.train import TrainConfig, TrainingError, train
 from clipforge.train.loop import _Stepper
 
@@ -70,9 +71,11 @@ def _weights(path):
 def _run(tmp_path, name, **kw):
     model = clipforge.create_model("tiny-vit", seed=0, **SMALL_KW)
     ds, _ = build_dataset(kw.pop("data", "synthetic:n=1000"), clipforge.image_transform(32, train=True), 32)
+    option_names = {"lock_image", "lock_image_unlocked", "lock_text", "lock_text_unlocked"}
+    options = CLIPOptions(**{k: kw.pop(k) for k in list(kw) if k in option_names})
     opts = {"steps": 6, "lr": 1e-3, "precision": "fp32", "batch_size": 32, "log_every": 1, **kw}
     cfg = TrainConfig(out=str(tmp_path / name), workers=0, progress=False, **opts)
-    return model, train(CLIPTask(model, setup=cfg), ds, cfg)
+    return model, train(CLIPTask(model, options), ds, cfg)
 
 
 def test_loss_falls_and_outputs_are_written(tmp_path):
@@ -106,9 +109,7 @@ def test_exact_gradient_accumulation():
     """Gradients from 4 cached micro-batches equal the big-batch gradients of the contrastive loss."""
     model = clipforge.create_model("tiny-vit", seed=0, **SMALL_KW).train()
     ds, _ = build_dataset("synthetic:n=64", clipforge.image_transform(32), 32)
-    from clipforge.data.loader import collate
-
-    batch = collate([ds[i] for i in range(16)])
+    batch = ImageTextCollate()([ds[i] for i in range(16)])
     grads = {}
     for accum in (1, 4):
         model.zero_grad()

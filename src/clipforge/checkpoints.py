@@ -1,9 +1,10 @@
-"""Save and load CLIP weights: clipforge's own safetensors format, OpenAI (state dict or TorchScript),
-OpenCLIP state dicts and Hugging Face CLIP directories.
+"""Save and load the model of any registered system.
 
-Every source is first turned into clipforge's key layout (`visual.*`, `text.*`, `logit_scale`), which
-is OpenAI's layout with the text tower under `text.`. The architecture comes from the stored config
-(clipforge, Hugging Face), else from `model=`, else it is inferred from the weight shapes.
+clipforge's own format is safetensors with the system's name and config in the file's metadata
+(or a directory with `model.safetensors` + `config.json`), so `load` rebuilds the model through the
+registry without being told what it is. Files in other layouts (OpenAI, OpenCLIP, Hugging Face CLIP)
+are offered to each system's importers; `save(format=...)` uses a system's exporters. Nothing is
+ever unpickled as code, and every write is atomic.
 """
 
 from __future__ import annotations
@@ -11,24 +12,23 @@ from __future__ import annotations
 import json
 import os
 import re
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from . import hf
-from ._io import atomic_write
-from .config import CLIPConfig, TextConfig, VisionConfig
-from .errors import CheckpointError
-from .models import CLIP
-from .presets import get_config
+from . import settings
+from ._io import atomic_directory, atomic_write
+from .errors import CheckpointError, ConfigError
+from .registry import get_system, list_systems, system_of
 from .torchscript import is_torchscript, read_torchscript_state_dict
 
 FORMAT_VERSION = 1
-_IGNORED_KEYS = {"input_resolution", "context_length", "vocab_size", "text.attn_mask", "attn_mask"}
+LEGACY_SYSTEM = "clip"  # clipforge files that name no system were written when CLIP was the only one
 _WEIGHT_FILES = (
     "model.safetensors",
     "open_clip_model.safetensors",
@@ -36,6 +36,17 @@ _WEIGHT_FILES = (
     "open_clip_pytorch_model.bin",
     "model.pt",
 )
+
+
+@dataclass
+class Checkpoint:
+    """A weights file as read: its tensors and whatever config came with them."""
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any] | None  # the stored config (clipforge's, or a Hugging Face config.json)
+    flavour: str  # "clipforge" | "hf" | "" (weights alone)
+    system: str | None  # the system a clipforge file names
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -74,71 +85,14 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _to_clipforge_layout(sd: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict in clipforge keys, detected layout: 'clipforge' | 'hf' | 'openai')."""
-    sd = {k: v for k, v in sd.items() if k not in _IGNORED_KEYS}
-    if hf.is_hf_state_dict(sd):
-        return hf.hf_to_clipforge(sd), "hf"
-    if "text.token_embedding.weight" in sd:
-        return sd, "clipforge"
-    if "token_embedding.weight" in sd and "text_projection" in sd:
-        return {k if k.startswith("visual.") or k == "logit_scale" else f"text.{k}": v for k, v in sd.items()}, "openai"
-    sample = ", ".join(list(sd)[:5])
-    raise CheckpointError(f"{source} is not a CLIP checkpoint: no text/vision tower weights found (keys: {sample} ...)")
-
-
-def _count(sd: dict[str, Any], prefix: str) -> int:
-    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
-    return len({m.group(1) for k in sd for m in [pat.match(k)] if m})
-
-
-def infer_config(sd: dict[str, torch.Tensor], act: str = "quick_gelu") -> CLIPConfig:
-    """Architecture from weight shapes (clipforge key layout), as OpenAI's `build_model` does.
-
-    Heads are width // 64 and the activation is `act`: neither is stored in the weights.
-    """
-    try:
-        if "visual.proj" in sd:
-            width, _, patch, _ = sd["visual.conv1.weight"].shape
-            grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-            vision = VisionConfig(
-                kind="vit",
-                image_size=patch * grid,
-                width=width,
-                patch_size=patch,
-                layers=_count(sd, "visual.transformer.resblocks."),
-                act=act,
-                mlp_ratio=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width,
-            )
-        else:
-            grid = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
-            vision = VisionConfig(
-                kind="resnet",
-                image_size=grid * 32,
-                width=sd["visual.layer1.0.conv1.weight"].shape[0],
-                layers=tuple(_count(sd, f"visual.layer{i}.") for i in range(1, 5)),
-                act=act,
-            )
-        tw = sd["text.ln_final.weight"].shape[0]
-        text = TextConfig(
-            context_length=sd["text.positional_embedding"].shape[0],
-            vocab_size=sd["text.token_embedding.weight"].shape[0],
-            width=tw,
-            layers=_count(sd, "text.transformer.resblocks."),
-            act=act,
-            mlp_ratio=sd["text.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / tw,
-        )
-        return CLIPConfig(embed_dim=sd["text.text_projection"].shape[1], vision=vision, text=text)
-    except KeyError as e:
-        raise CheckpointError(f"cannot infer the architecture: weight {e.args[0]!r} is missing") from e
-
-
 def _collapse_blocks(keys: set[str]) -> list[str]:
     """Sorted keys, with whole missing/extra blocks shown once as `...resblocks.4.*`."""
     return sorted({re.sub(r"(resblocks|layer\d)\.(\d+)\..*", r"\1.\2.*", k) for k in keys})
 
 
-def _check_and_load(model: CLIP, sd: dict[str, torch.Tensor], source: str) -> None:
+def load_state_dict_checked(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    """`model.load_state_dict(sd, strict=True)`, or a CheckpointError listing every missing, unexpected
+    and mis-shaped weight (whole blocks collapsed)."""
     expected = model.state_dict()
     missing = _collapse_blocks(set(expected) - set(sd))
     unexpected = _collapse_blocks(set(sd) - set(expected))
@@ -157,101 +111,132 @@ def _check_and_load(model: CLIP, sd: dict[str, torch.Tensor], source: str) -> No
     model.load_state_dict(sd, strict=True)
 
 
-def _resolve(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, str]:
-    """(raw state dict, stored config dict or None, config flavour 'clipforge' | 'hf' | '')."""
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); restore it or delete the folder and save again") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds {type(data).__name__}, not a JSON object")
+    return data
+
+
+def _native(stored: Any, where: Path) -> tuple[dict[str, Any], str]:
+    """(config dict, system name) of clipforge's own metadata, checked."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
+        raise CheckpointError(f"{where}: clipforge metadata without a config object; the file is damaged")
+    system = stored.get("system", LEGACY_SYSTEM)
+    if not isinstance(system, str):
+        raise CheckpointError(f"{where}: clipforge metadata names no valid system")
+    return stored["config"], system
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """The tensors of a weights file or directory and the config stored with them."""
+    path = Path(path)
     if path.is_dir():
-        cfg_path = path / "config.json"
-        stored = json.loads(cfg_path.read_text()) if cfg_path.exists() else None
+        stored = _read_json(path / "config.json") if (path / "config.json").exists() else None
         files = [path / f for f in _WEIGHT_FILES if (path / f).exists()]
         if not files:
             raise CheckpointError(f"{path} has no weights file (looked for {', '.join(_WEIGHT_FILES)})")
         sd, meta = _read_file(files[0])
         if stored is not None and "clipforge" in stored:
-            return sd, stored["clipforge"]["config"], "clipforge"
+            return Checkpoint(path, sd, *_native_flavour(stored["clipforge"], path / "config.json"))
         if stored is not None and ("text_config" in stored or "vision_config" in stored):
-            return sd, stored, "hf"
-        return sd, _meta_config(meta), "clipforge" if _meta_config(meta) else ""
-    if not path.exists():
+            return Checkpoint(path, sd, stored, "hf", None)
+    elif not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
-    sd, meta = _read_file(path)
-    return sd, _meta_config(meta), "clipforge" if _meta_config(meta) else ""
-
-
-def _meta_config(meta: dict[str, str]) -> dict[str, Any] | None:
-    return json.loads(meta["clipforge_config"]) if "clipforge_config" in meta else None
-
-
-def load(path: str | os.PathLike[str], model: str | CLIPConfig | None = None, *, act: str | None = None) -> CLIP:
-    """Load a CLIP model from any supported checkpoint; returns it in eval mode.
-
-    `model` (preset name or CLIPConfig) names the architecture where the weights cannot tell it,
-    e.g. `model="ViT-B-32-gelu"` for an OpenCLIP GELU checkpoint. Without it, a config stored with
-    the weights is used, else the architecture is inferred from the shapes with `act` (default
-    QuickGELU, as in OpenAI's weights).
-    """
-    path = Path(path)
-    raw, stored, flavour = _resolve(path)
-    sd, layout = _to_clipforge_layout(raw, str(path))
-    if model is not None:
-        cfg = get_config(model) if isinstance(model, str) else model
-    elif flavour == "clipforge" and stored is not None:
-        cfg = CLIPConfig.from_dict(stored)
-    elif flavour == "hf" and stored is not None:
-        cfg = hf.config_from_hf(stored)
     else:
-        if act is None:
-            warnings.warn(
-                f"{path}: the activation cannot be read from the weights; assuming QuickGELU "
-                "(OpenAI's). Pass model='<name>-gelu' or act='gelu' for GELU-trained weights.",
-                stacklevel=2,
-            )
-        cfg = infer_config(sd, act or "quick_gelu")
-    if act is not None:
-        cfg = cfg.replace(vision={"act": act}, text={"act": act})
-    net = CLIP(cfg)
-    _check_and_load(net, sd, f"{path} ({layout} layout)")
-    return net.eval()
+        sd, meta = _read_file(path)
+    if "clipforge_config" not in meta:
+        return Checkpoint(path, sd, None, "", None)
+    try:
+        stored = {"config": json.loads(meta["clipforge_config"]), "system": meta.get("clipforge_system", LEGACY_SYSTEM)}
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: the config in its metadata is not valid JSON ({e}); the file is damaged") from e
+    return Checkpoint(path, sd, *_native_flavour(stored, path))
+
+
+def _native_flavour(stored: Any, where: Path) -> tuple[dict[str, Any], str, str]:
+    config, system = _native(stored, where)
+    return config, "clipforge", system
+
+
+def load(path: str | os.PathLike[str], model: Any = None, **options: Any) -> nn.Module:
+    """Load the model of any registered system from a checkpoint; returns it in eval mode.
+
+    A clipforge file names its system and config, so nothing else is needed. Other layouts are
+    offered to each system's importers (OpenAI, OpenCLIP and Hugging Face CLIP weights come back as a
+    `CLIP`). `model` (a preset name or config) and `options` (e.g. `act="gelu"`) are passed to the
+    importer where the weights cannot tell the architecture."""
+    ckpt = read_checkpoint(path)
+    if ckpt.system is not None:
+        system = get_system(ckpt.system)
+        for importer in system.importers:  # a system may read its own files itself (presets, options)
+            net = importer(ckpt, model, **options)
+            if net is not None:
+                return net.eval()
+        if options:
+            raise ConfigError(f"unknown load option(s) {', '.join(options)} for a {system.name} checkpoint")
+        config = system.preset(model) if isinstance(model, str) else model
+        if config is None:
+            try:
+                config = settings.from_dict(system.config, ckpt.config)
+            except ConfigError as e:
+                raise CheckpointError(f"{ckpt.path}: its stored {system.name} config is invalid: {e}") from None
+        net = system.build(config)
+        load_state_dict_checked(net, ckpt.state_dict, f"{ckpt.path} ({system.name})")
+        return net.eval()
+    for name in list_systems():
+        for importer in get_system(name).importers:
+            net = importer(ckpt, model, **options)
+            if net is not None:
+                return net.eval()
+    sample = ", ".join(list(ckpt.state_dict)[:5])
+    raise CheckpointError(
+        f"{ckpt.path} is not a checkpoint of any registered system ({', '.join(list_systems())}): "
+        f"no layout matched its keys ({sample} ...)"
+    )
 
 
 # ----------------------------------------------------------------------------------------- writing
-def _tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors, detached, on the CPU and contiguous (what safetensors writes)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def save(model: CLIP, path: str | os.PathLike[str], format: str = "clipforge") -> Path:
+def save(model: nn.Module, path: str | os.PathLike[str], format: str = "clipforge") -> Path:
     """Write `model` atomically.
 
-    - `clipforge` (default): `path.safetensors` with the config in its metadata, or a directory with
-      `model.safetensors` + `config.json` when `path` has no `.safetensors` suffix.
-    - `hf`: a directory that `transformers.CLIPModel.from_pretrained` loads (ViT models only).
-    - `openai`: a state dict in OpenAI/OpenCLIP key layout (`.safetensors` or torch `.pt`).
-    """
+    - `clipforge` (default): `path.safetensors` with the system and config in its metadata, or a
+      directory with `model.safetensors` + `config.json` when `path` has no `.safetensors` suffix.
+    - any format the model's system exports (CLIP: `hf` for transformers, `openai` for OpenAI's and
+      OpenCLIP's key layout)."""
     path = Path(path)
-    sd = _tensors(model.state_dict())
-    cfg = model.config
-    if format == "clipforge":
-        meta = {
-            "format": "clipforge",
-            "clipforge_version": str(FORMAT_VERSION),
-            "clipforge_config": json.dumps(cfg.to_dict()),
-        }
-        if path.suffix == ".safetensors":
-            atomic_write(path, lambda t: save_file(sd, t, metadata=meta))
-        else:
-            atomic_write(path / "model.safetensors", lambda t: save_file(sd, t, metadata=meta))
-            cfg_json = json.dumps({"clipforge": {"version": FORMAT_VERSION, "config": cfg.to_dict()}}, indent=2)
-            atomic_write(path / "config.json", lambda t: Path(t).write_text(cfg_json))
-    elif format == "hf":
-        hf_cfg = json.dumps(hf.config_to_hf(cfg), indent=2)
-        hf_sd = hf.clipforge_to_hf(sd)
-        atomic_write(path / "model.safetensors", lambda t: save_file(hf_sd, t, metadata={"format": "pt"}))
-        atomic_write(path / "config.json", lambda t: Path(t).write_text(hf_cfg))
-    elif format == "openai":
-        oa = {k[len("text.") :] if k.startswith("text.") else k: v for k, v in sd.items()}
-        if path.suffix == ".safetensors":
-            atomic_write(path, lambda t: save_file(oa, t))
-        else:
-            atomic_write(path, lambda t: torch.save(oa, t))
-    else:
-        raise CheckpointError(f"unknown format {format!r}; use 'clipforge', 'hf' or 'openai'")
+    system = system_of(model)
+    if format != "clipforge":
+        if format not in system.exporters:
+            formats = ", ".join(["clipforge", *system.exporters])
+            raise CheckpointError(f"unknown format {format!r} for a {system.name} model; use {formats}")
+        return system.exporters[format](model, path)
+    if getattr(model, "config", None) is None:
+        raise CheckpointError(f"this {system.name} model has no config to store; build it with from_config")
+    sd = state_dict_for_saving(model)
+    config = settings.to_dict(model.config)
+    meta = {
+        "format": "clipforge",
+        "clipforge_version": str(FORMAT_VERSION),
+        "clipforge_system": system.name,
+        "clipforge_config": json.dumps(config),
+    }
+    if path.suffix == ".safetensors":
+        atomic_write(path, lambda t: save_file(sd, t, metadata=meta))
+        return path
+    stored = json.dumps({"clipforge": {"version": FORMAT_VERSION, "system": system.name, "config": config}}, indent=2)
+
+    def write(folder: Path) -> None:
+        save_file(sd, str(folder / "model.safetensors"), metadata=meta)
+        (folder / "config.json").write_text(stored, encoding="utf-8")
+
+    atomic_directory(path, write)
     return path

@@ -28,3 +28,7 @@ class ImageError(ClipforgeError, ValueError):
 
 class CheckpointError(ClipforgeError, ValueError):
     """A file that is not a CLIP checkpoint, or does not match the requested architecture."""
+
+
+class TrainingError(ClipforgeError, RuntimeError):
+    """Training cannot continue (non-finite loss, a mismatched checkpoint, ...)."""

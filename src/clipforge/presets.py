@@ -54,35 +54,35 @@ def _small(
     )
 
 
-_PRESETS: dict[str, CLIPConfig] = {}
+PRESETS: dict[str, CLIPConfig] = {}
 for _name, (_fn, *_args) in _OPENAI.items():
-    _PRESETS[_name] = _fn(*_args, "quick_gelu")
-    _PRESETS[f"{_name}-gelu"] = _fn(*_args, "gelu")
-_PRESETS["tiny-vit"] = _small("vit", 128, 64, 128, 4, 128, 4)
-_PRESETS["small-vit"] = _small("vit", 256, 64, 256, 6, 256, 6)
-_PRESETS["tiny-rn"] = _small("resnet", 128, 64, 16, (1, 1, 1, 1), 128, 4)
+    PRESETS[_name] = _fn(*_args, "quick_gelu")
+    PRESETS[f"{_name}-gelu"] = _fn(*_args, "gelu")
+PRESETS["tiny-vit"] = _small("vit", 128, 64, 128, 4, 128, 4)
+PRESETS["small-vit"] = _small("vit", 256, 64, 256, 6, 256, 6)
+PRESETS["tiny-rn"] = _small("resnet", 128, 64, 16, (1, 1, 1, 1), 128, 4)
 
 # Other spellings users bring from OpenAI (`ViT-B/32`) and OpenCLIP (`ViT-B-32-quickgelu`).
-_ALIASES: dict[str, str] = {}
+ALIASES: dict[str, str] = {}
 for _name in _OPENAI:
-    _ALIASES[
-        _name.replace("ViT-B-", "ViT-B/").replace("ViT-L-14-336", "ViT-L/14@336px").replace("ViT-L-", "ViT-L/")
-    ] = _name
-    _ALIASES[f"{_name}-quickgelu"] = _name
+    ALIASES[_name.replace("ViT-B-", "ViT-B/").replace("ViT-L-14-336", "ViT-L/14@336px").replace("ViT-L-", "ViT-L/")] = (
+        _name
+    )
+    ALIASES[f"{_name}-quickgelu"] = _name
 
 
 def list_models() -> list[str]:
     """Names accepted by `create_model` (aliases such as `ViT-B/32` are accepted too)."""
-    return list(_PRESETS)
+    return list(PRESETS)
 
 
 def get_config(name: str) -> CLIPConfig:
     """The CLIPConfig of a preset; raises UnknownModelError naming close matches."""
-    key = _ALIASES.get(name, name)
-    if key not in _PRESETS:
+    key = ALIASES.get(name, name)
+    if key not in PRESETS:
         import difflib
 
-        close = difflib.get_close_matches(name, list(_PRESETS) + list(_ALIASES), n=3)
+        close = difflib.get_close_matches(name, list(PRESETS) + list(ALIASES), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UnknownModelError(f"unknown model {name!r}.{hint} Known: {', '.join(_PRESETS)}")
-    return _PRESETS[key]
+        raise UnknownModelError(f"unknown model {name!r}.{hint} Known: {', '.join(PRESETS)}")
+    return PRESETS[key]

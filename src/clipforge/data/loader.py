@@ -1,14 +1,12 @@
-"""Batching: a resumable, rank-aware sampler for map-style sources and the collate function."""
+"""Batching: a resumable, rank-aware sampler for map-style sources, and the loader built on it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
-
-from ..tokenizer import get_tokenizer
 
 
 class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -47,45 +45,43 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
         return 2**62
 
 
-def collate(items: list[dict[str, Any]], context_length: int = 77) -> dict[str, Any]:
-    """Stack images, tokenise captions (truncating over-long ones) and trim tokens to the longest
-    caption in the batch, which is exact for a causal text tower pooled at end-of-text."""
-    tokens = get_tokenizer()([it["caption"] for it in items], context_length=context_length, truncate=True)
-    longest = int((tokens != 0).sum(dim=1).max())
-    return {
-        "images": torch.stack([it["image"] for it in items]),
-        "tokens": tokens[:, :longest].contiguous(),
-        "captions": [it["caption"] for it in items],
-        "skipped": sum(int(it.get("skipped", 0)) for it in items),
-    }
-
-
-class _Collate:
-    def __init__(self, context_length: int) -> None:
-        self.context_length = context_length
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return collate(items, self.context_length)
-
-
 def make_loader(
     dataset: Dataset,
     global_batch: int,
+    collate: Callable[[list[Any]], dict[str, Any]],
     rank: int = 0,
     world: int = 1,
     seed: int = 0,
     start_batch: int = 0,
     workers: int = 1,
-    context_length: int = 77,
 ) -> DataLoader:
-    """An endless DataLoader of this rank's share of each global batch."""
+    """An endless DataLoader of this rank's share of each global batch, batched by `collate`."""
     common: dict[str, Any] = dict(
-        collate_fn=_Collate(context_length),
-        num_workers=workers,
-        persistent_workers=False,
-        prefetch_factor=4 if workers else None,
+        collate_fn=collate, num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None
     )
     if isinstance(dataset, IterableDataset):
         return DataLoader(dataset, batch_size=global_batch // world, **common)
     sampler = ResumableBatchSampler(len(dataset), global_batch, rank, world, seed, start_batch)
     return DataLoader(dataset, batch_sampler=sampler, **common)
+
+
+class ImageTextCollate:
+    """Batches image-caption samples: stacks images, tokenises captions (truncating over-long ones)
+    and trims tokens to the longest caption in the batch, which is exact for a causal text tower
+    pooled at end-of-text. A plain object, so data workers can receive it under any start method."""
+
+    def __init__(self, context_length: int = 77) -> None:
+        self.context_length = context_length
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        from ..tokenizer import get_tokenizer
+
+        captions = [it["caption"] for it in items]
+        tokens = get_tokenizer()(captions, context_length=self.context_length, truncate=True)
+        longest = int((tokens != 0).sum(dim=1).max())
+        return {
+            "images": torch.stack([it["image"] for it in items]),
+            "tokens": tokens[:, :longest].contiguous(),
+            "captions": captions,
+            "skipped": sum(int(it.get("skipped", 0)) for it in items),
+        }

@@ -1,7 +1,8 @@
-"""The generic training loop. A task object supplies forward/loss (and evaluation); the loop owns
+"""The generic training loop. A task object supplies data, batches, forward and loss; the loop owns
 optimisation, precision, accumulation, distribution, checkpoints and feedback."""
 
 from .config import TrainConfig
-from .loop import Task, TrainingError, TrainResult, train
+from .loop import TrainingError, TrainResult, train
+from .task import Task
 
 __all__ = ["Task", "TrainConfig", "TrainResult", "TrainingError", "train"]

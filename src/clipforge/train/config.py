@@ -1,4 +1,6 @@
-"""Training options: one frozen, validated dataclass (a typo is an error naming the valid fields)."""
+"""Training options of the generic loop: one frozen, validated dataclass. It knows nothing of any
+system; a system's own training options live in its task's options dataclass. Each field's help is
+what `clipforge train --help` prints (the flags are generated from these fields)."""
 
 from __future__ import annotations
 
@@ -6,41 +8,49 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .. import settings
 from ..errors import ConfigError
+from ..settings import setting
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    out: str  # output folder: checkpoints/, metrics.jsonl, curves.png, model.safetensors
-    steps: int | None = None  # optimiser steps; or give `epochs`
-    epochs: float | None = None  # passes over a map-style dataset (converted to steps)
-    batch_size: int = 64  # global batch: all ranks and all accumulation micro-batches together
-    accum_steps: int = 1  # micro-batches per step; exact for the contrastive loss (gradient caching)
-    lr: float = 5e-4  # peak learning rate
-    weight_decay: float = 0.2  # AdamW decay, not applied to gains, biases, embeddings, temperature
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    warmup: int | None = None  # linear warm-up steps (default: 5% of steps, at most 500)
-    grad_clip: float | None = 1.0  # max global gradient norm (None: no clipping)
-    precision: str = "auto"  # "bf16" autocast (fp32 loss and normalisation), "fp32", or "auto": bf16 where native
-    grad_checkpointing: bool = False
-    lock_image: bool = False  # freeze the image tower ...
-    lock_image_unlocked: int = 0  # ... except its last N blocks/stages (LiT when 0)
-    lock_text: bool = False
-    lock_text_unlocked: int = 0
-    local_loss: bool = True  # distributed: each rank scores its rows against the global batch
-    seed: int = 0
-    workers: int = 1  # data-loading processes per rank
-    log_every: int = 10  # steps between metric lines
-    checkpoint_every_s: float = 60.0  # wall-clock seconds between checkpoints (a crash loses at most this)
-    checkpoint_every_steps: int | None = None  # also checkpoint every N steps
-    eval_every: int | None = None  # steps between task evaluations (always at the end)
-    on_nan: str = "stop"  # "stop" with a clear message, or "skip" the step
-    resume: bool = False  # continue from out/checkpoints/last.pt if present
-    progress: bool = True  # progress bar on rank 0
+    """Optimisation, precision, accumulation, checkpointing and logging of one training run."""
+
+    out: str = setting(help="output folder: checkpoints/, metrics.jsonl, curves.png, model.safetensors")
+    steps: int | None = setting(None, help="optimiser steps (or give --epochs)")
+    epochs: float | None = setting(None, help="passes over a dataset of known size (converted to steps)")
+    batch_size: int = setting(64, help="global batch: all ranks and all accumulation micro-batches together")
+    accum_steps: int = setting(1, help="micro-batches per step; exact for batch-coupled losses (gradient caching)")
+    lr: float = setting(5e-4, help="peak learning rate")
+    weight_decay: float = setting(0.2, help="AdamW decay (not applied to gains, biases, embeddings, temperature)")
+    beta1: float = setting(0.9, help="AdamW beta1")
+    beta2: float = setting(0.98, help="AdamW beta2")
+    eps: float = setting(1e-6, help="AdamW epsilon")
+    warmup: int | None = setting(None, help="linear warm-up steps (default: 5%% of the steps, at most 500)")
+    grad_clip: float | None = setting(1.0, help="max global gradient norm (0 or none: no clipping)")
+    precision: str = setting(
+        "auto",
+        choices=("auto", "bf16", "fp32"),
+        help="bf16 autocast (loss in fp32), fp32, or auto: bf16 where the hardware multiplies it natively",
+    )
+    seed: int = setting(0, help="seed of initialisation, data order and augmentation")
+    workers: int = setting(1, help="data-loading processes per rank (0: load in the training process)")
+    log_every: int = setting(10, help="steps between metric lines")
+    checkpoint_every_s: float = setting(
+        60.0, flag="--checkpoint-every", help="seconds between checkpoints (a crash loses at most this)"
+    )
+    checkpoint_every_steps: int | None = setting(None, help="also checkpoint every N steps")
+    eval_every: int | None = setting(None, help="steps between evaluations (always at the end)")
+    on_nan: str = setting(
+        "stop", choices=("stop", "skip"), help="at a non-finite loss: stop with a clear message, or skip the step"
+    )
+    resume: bool = setting(False, help="continue from OUT/checkpoints/last.pt")
+    progress: bool = setting(True, help="progress bar on rank 0")
 
     def __post_init__(self) -> None:
+        if not isinstance(self.out, str) or not self.out:
+            raise ConfigError("give an output folder (--out)")
         if (self.steps is None) == (self.epochs is None):
             raise ConfigError("give exactly one of steps or epochs")
         if self.steps is not None and self.steps <= 0 or self.epochs is not None and self.epochs <= 0:
@@ -53,14 +63,22 @@ class TrainConfig:
             raise ConfigError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         if self.on_nan not in ("stop", "skip"):
             raise ConfigError(f"on_nan must be 'stop' or 'skip', got {self.on_nan!r}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            object.__setattr__(self, "grad_clip", None)
+        for name in ("lr", "log_every", "checkpoint_every_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("checkpoint_every_steps", "eval_every"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive (or left unset), got {getattr(self, name)!r}")
+        if self.workers < 0 or self.warmup is not None and self.warmup < 0 or self.weight_decay < 0:
+            raise ConfigError("workers, warmup and weight_decay cannot be negative")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(names)}")
-        return cls(**d)
+        """Build from a mapping; an unknown field is an error naming the valid ones."""
+        return settings.from_dict(cls, d)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain dict (stored in training checkpoints)."""
         return dataclasses.asdict(self)

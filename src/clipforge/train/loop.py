@@ -17,34 +17,26 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
 from .. import distributed as D
-from ..errors import ClipforgeError
+from ..errors import ClipforgeError, TrainingError
 from ..precision import autocast, resolve_precision
 from .checkpoint import load_training_state, remove_stale_temporaries, rng_state, save_training_state, set_rng_state
 from .config import TrainConfig
 from .optim import build_optimizer, cosine_schedule
 from .report import MetricsLog, plot_curves
-
-
-class TrainingError(ClipforgeError, RuntimeError):
-    """Training cannot continue (non-finite loss, ...)."""
-
-
-class Task(Protocol):
-    model: nn.Module
-
-    def forward(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
-    def loss(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+from .task import Task
 
 
 @dataclass
 class TrainResult:
+    """What a finished run reports (`history` holds every metrics line)."""
+
     step: int
     final_loss: float
     seconds: float
@@ -61,11 +53,8 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def _split(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
-    n = (
-        len(batch["images"])
-        if "images" in batch
-        else next(len(v) for v in batch.values() if isinstance(v, torch.Tensor))
-    )
+    """`parts` equal micro-batches: every tensor (with a batch dimension) and list is sliced."""
+    n = next(len(v) for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim)
     size = n // parts
     return [
         {k: v[i * size : (i + 1) * size] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
@@ -105,7 +94,7 @@ class _Stepper:
         }
         losses = self.task.loss(leaves)
         sum(losses.values()).backward()
-        sizes = [len(c[next(k for k in cached[0] if cached[0][k].ndim)]) for c in cached]
+        sizes = [len(next(v for v in c.values() if v.ndim)) for c in cached]
         offsets = [sum(sizes[:i]) for i in range(len(sizes))]
         no_sync = getattr(self.model, "no_sync", None)
         for j, chunk in enumerate(chunks):
@@ -114,12 +103,13 @@ class _Stepper:
                 out = self._forward(chunk)
                 tensors, grads = [], []
                 for k, leaf in leaves.items():
-                    if leaf.grad is None:
+                    if leaf.grad is None or not out[k].requires_grad:  # e.g. the output of a frozen part
                         continue
                     g = leaf.grad[offsets[j] : offsets[j] + sizes[j]] if leaf.ndim else leaf.grad / len(chunks)
                     tensors.append(out[k])
                     grads.append(g.to(out[k].dtype))
-                torch.autograd.backward(tensors, grads)
+                if tensors:
+                    torch.autograd.backward(tensors, grads)
         return {k: v.detach() for k, v in losses.items()}
 
 
@@ -132,6 +122,8 @@ def _total_steps(cfg: TrainConfig, dataset: Dataset) -> int:
 
 
 class _Trainer:
+    """One run: optimiser, schedule, loader, checkpoints and metrics around a task."""
+
     def __init__(self, task: Task, dataset: Dataset, cfg: TrainConfig, evaluate: Any = None) -> None:
         from ..data.loader import make_loader
 
@@ -147,6 +139,7 @@ class _Trainer:
         self.ckpt_path = self.out / "checkpoints" / "last.pt"
         self.total = _total_steps(cfg, dataset)
         self.model = task.model.to(self.device)
+        task.configure(self.model)
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
         warmup = cfg.warmup if cfg.warmup is not None else min(500, max(1, self.total // 20))
@@ -158,14 +151,7 @@ class _Trainer:
             self._restore()
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.rank == 0, truncate_after=self.step)
         self.loader = make_loader(
-            dataset,
-            cfg.batch_size,
-            self.rank,
-            self.world,
-            cfg.seed,
-            self.step,
-            cfg.workers,
-            getattr(task, "context_length", 77),
+            dataset, cfg.batch_size, task.collate, self.rank, self.world, cfg.seed, self.step, cfg.workers
         )
         self.precision = resolve_precision(cfg.precision, self.device)
         self.stepper = _Stepper(task, self.ddp, cfg, self.device, self.precision)
@@ -216,8 +202,7 @@ class _Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if hasattr(self.task, "after_step"):
-            self.task.after_step(self.model)
+        self.task.after_step(self.model)
         return total.item(), float(norm)
 
     def run(self) -> TrainResult:
@@ -234,7 +219,7 @@ class _Trainer:
         it: Iterator[dict[str, Any]] = iter(self.loader)
         last_ckpt, wait, window_t, window_n, loss = time.perf_counter(), 0.0, time.perf_counter(), 0, float("nan")
         window_loss = 0.0
-        self.model.train()
+        self.task.train_mode(self.model)
         while self.step < self.total:
             t0 = time.perf_counter()
             batch = next(it)
@@ -248,14 +233,12 @@ class _Trainer:
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == self.total:
                 elapsed = time.perf_counter() - window_t
-                row = self._log_row(
+                row, extra = self._log_row(
                     losses, window_loss / window_n, grad_norm, window_n * cfg.batch_size / elapsed, wait / elapsed
                 )
+                shown = {k: f"{v:.3g}" for k, v in extra.items() if isinstance(v, (int, float))}
                 bar.set_postfix(
-                    loss=f"{loss:.3f}",
-                    lr=f"{row['lr']:.2e}",
-                    T=f"{row.get('scale', 0):.1f}",
-                    **{"img/s": f"{row['samples_per_s']:.0f}"},
+                    loss=f"{loss:.3f}", lr=f"{row['lr']:.2e}", **shown, **{"samples/s": f"{row['samples_per_s']:.0f}"}
                 )
                 window_t, window_n, wait, window_loss = time.perf_counter(), 0, 0.0, 0.0
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total:
@@ -294,8 +277,9 @@ class _Trainer:
         grad_norm: float | None,
         samples_per_s: float,
         wait_frac: float,
-    ) -> dict[str, Any]:
-        # `loss` is the mean over the steps since the previous row
+    ) -> tuple[dict[str, Any], dict[str, float]]:
+        """The metrics line (also written to metrics.jsonl) and the task's own values in it.
+        `loss` is the mean over the steps since the previous line."""
         row: dict[str, Any] = {
             "step": self.step,
             "loss": loss,
@@ -310,10 +294,10 @@ class _Trainer:
         if grad_norm is not None:
             row["grad_norm"] = grad_norm
         row["param_norm"] = float(torch.sqrt(sum((p.detach().float() ** 2).sum() for p in self.model.parameters())))
-        if hasattr(self.task, "log_values"):
-            row.update(self.task.log_values(self.model))
+        extra = self.task.log_values(self.model)
+        row.update(extra)
         self.metrics.append(row)
-        return row
+        return row, extra
 
     def _evaluate(self) -> None:
         if self.evaluate is None or self.rank != 0:
@@ -321,7 +305,7 @@ class _Trainer:
         self.model.eval()
         with torch.no_grad():
             results = self.evaluate(self.model)
-        self.model.train()
+        self.task.train_mode(self.model)
         self.metrics.append({"step": self.step, **{f"eval/{k}": v for k, v in results.items()}})
 
 

@@ -12,24 +12,26 @@ from typing import Any
 
 import torch
 
-from .data import build_dataset
-from .data.synthetic import COLOUR_NAMES, SHAPES
-from .eval.datasets import captioned_dataset, synthetic_labelled
-from .eval.features import image_features
-from .eval.probe import few_shot
-from .eval.run import retrieval, write_json
-from .eval.zeroshot import zero_shot_classifier
-from .tasks import CLIPTask
-from .train import TrainConfig, train
-from .transforms import image_transform
+from ...data.synthetic import COLOUR_NAMES, SHAPES
+from ...eval.datasets import captioned_dataset, synthetic_labelled
+from ...eval.features import image_features
+from ...eval.probe import few_shot
+from ...eval.run import write_json
+from ...eval.zeroshot import zero_shot_classifier
+from ...train import TrainConfig, train
+from ...train.prepare import prepare_run
+from .evaluate import retrieval
+from .recipes import QUICKSTART
+from .task import CLIPTask
 
-MODEL = "tiny-rn"  # convolutions learn shape from few images far faster than a ViT of the same size
+MODEL = QUICKSTART.model  # tiny-rn: convolutions learn shape from few images far faster than a ViT
 # One text layer instead of the preset's four: at this budget the shallower text tower learns faster per
-# second and composes colour and shape far better (measured: README, "The quickstart's text tower").
-TEXT_LAYERS = 1
-# Held-out shape accuracy needs roughly this many steps of 128 (measured: ~75% at 1,200 steps, 96-98%
-# at 1,450-1,830); the default budget stretches to reach it on slower machines (explicit --minutes does not).
-MIN_STEPS = 1500
+# second and composes colour and shape far better (docs/benchmarks.md, "The quickstart's text tower").
+TEXT_LAYERS = QUICKSTART.settings["text.layers"]
+# Held-out shape accuracy needs roughly the recipe's 1,500 steps of 128 (measured: ~75% at 1,200 steps,
+# 96-98% at 1,450-1,830); the default budget stretches to reach it on slower machines (explicit --minutes
+# does not).
+MIN_STEPS = QUICKSTART.train["steps"]
 DEFAULT_MINUTES = 5.0
 PROMPTS = {"bare": "bare", "template": "synthetic1", "ensemble": "synthetic"}
 LABELS = ("shape", "colour", "composite")
@@ -106,28 +108,24 @@ def _calibrate(model: torch.nn.Module, dataset: Any, batch: int, workers: int) -
 def setup(
     seconds: float,
     seed: int = 0,
-    batch_size: int = 128,
+    batch_size: int = QUICKSTART.train["batch_size"],
     workers: int = 1,
     text_layers: int = TEXT_LAYERS,
     min_steps: int = 20,
 ) -> tuple[torch.nn.Module, Any, int, float]:
     """The quickstart's model and training data, and the number of steps that fills `seconds` on this
     machine (at least `min_steps`): (model, dataset, steps, seconds per step)."""
-    import clipforge
-
-    model = clipforge.create_model(MODEL, seed=seed, text={"layers": text_layers})
-    size = model.config.vision.image_size
-    dataset, _ = build_dataset(f"synthetic:n=1000000,seed={seed}", image_transform(size, train=True), size, seed)
-    s_per_step = _calibrate(model, dataset, batch_size, workers)
-    return model, dataset, max(min_steps, int(seconds / s_per_step)), s_per_step
+    run = prepare_run("clip", recipe=QUICKSTART.name, settings={"text.layers": text_layers}, train={"seed": seed})
+    s_per_step = _calibrate(run.model, run.dataset, batch_size, workers)
+    return run.model, run.dataset, max(min_steps, int(seconds / s_per_step)), s_per_step
 
 
 def run_quickstart(
     out: str | Path = "quickstart",
     minutes: float | None = None,
     seed: int = 0,
-    batch_size: int = 128,
-    lr: float = 1e-3,
+    batch_size: int = QUICKSTART.train["batch_size"],
+    lr: float = QUICKSTART.train["lr"],
     eval_images: int = 800,
     probe_images: int = 600,
     retrieval_images: int = 500,
@@ -138,7 +136,7 @@ def run_quickstart(
 
     out = Path(out)
     budget = DEFAULT_MINUTES if minutes is None else minutes
-    floor = MIN_STEPS if minutes is None and batch_size == 128 else 20
+    floor = MIN_STEPS if minutes is None and batch_size == QUICKSTART.train["batch_size"] else 20
     model, dataset, steps, s_per_step = setup(budget * 60, seed, batch_size, workers, min_steps=floor)
     size = model.config.vision.image_size
     params = sum(p.numel() for p in model.parameters()) / 1e6

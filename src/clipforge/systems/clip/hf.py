@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from .config import CLIPConfig, TextConfig, VisionConfig
-from .errors import CheckpointError
+from ...config import CLIPConfig, TextConfig, VisionConfig
+from ...errors import CheckpointError
 
 # (HF, clipforge) key prefixes, and infixes inside a transformer block; each pair maps both ways.
 _PREFIXES = [

@@ -1,6 +1,6 @@
 """The three pre-training objectives the CLIP paper compares (its efficiency figure), as tasks for the
-generic trainer. All of them put a head on the same image tower (`CLIP(config).visual`), so only the
-objective differs:
+generic trainer. All of them put a head on the same image tower (`CLIP.from_config(config).visual`),
+so only the objective differs:
 
 - `CaptioningModel`: a causal transformer decoder conditioned on the image by a learned prefix,
   trained with next-token cross-entropy; zero-shot by each prompt's log-likelihood.
@@ -25,14 +25,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
-from ..config import CLIPConfig
-from ..distributed import is_distributed
-from ..eval.zeroshot import load_templates
-from ..layers import Transformer
-from ..losses import clip_loss
-from ..models import CLIP
-from ..tokenizer import get_tokenizer, tokenize
+from ...config import CLIPConfig
+from ...data.loader import ImageTextCollate
+from ...distributed import is_distributed
+from ...eval.zeroshot import load_templates
+from ...layers import Transformer
+from ...losses import clip_loss
+from ...models import CLIP
+from ...tokenizer import get_tokenizer, tokenize
+from ...train.task import Task
+from .task import CLIPTask, image_text_dataset
 
 PAD, UNK, SOT, EOT = 0, 1, 2, 3  # compact ids
 
@@ -78,7 +82,9 @@ class _ImageTowerModel(nn.Module):
     def __init__(self, config: CLIPConfig, vocab: Vocabulary) -> None:
         super().__init__()
         self.config = config
-        self.visual = CLIP(config).visual  # under `build_objective`'s seed: the image tower of create_model
+        # the image tower of `create_model(config, seed)`: built as part of a whole CLIP, so the heads each
+        # objective adds after it draw the same random numbers as they always have
+        self.visual = CLIP.from_config(config).visual
         self.vocab = vocab
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -197,20 +203,31 @@ class BagOfWordsCLIP(_ImageTowerModel):
         return {"image": image, "text": text, "scale": self.scale()}
 
 
-class _ObjectiveTask:
-    """Each model's forward returns per-sample outputs; the loss is their mean (exact under accumulation)."""
+class _ObjectiveTask(Task):
+    """CLIP's data and batches; each model's forward returns per-sample outputs and the loss is their
+    mean (exact under accumulation)."""
 
     name = ""
     key = ""
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.context_length = model.config.text.context_length
+        super().__init__(model)
+        self._collate = ImageTextCollate(model.config.text.context_length)
+
+    def dataset(self, spec: str, seed: int = 0) -> Dataset:
+        """Image-caption pairs, as for CLIP."""
+        return image_text_dataset(spec, self.model.config.vision.image_size, seed)
+
+    def collate(self, items: list[Any]) -> dict[str, Any]:
+        """Images stacked, captions tokenised, as for CLIP."""
+        return self._collate(items)
 
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The model's per-sample outputs."""
         return model(batch["images"], batch["tokens"])
 
     def loss(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Mean of the per-sample objective."""
         return {self.name: outputs[self.key].mean()}
 
 
@@ -223,18 +240,20 @@ class BagOfWordsTask(_ObjectiveTask):
 
 
 class BagOfWordsCLIPTask(_ObjectiveTask):
+    """The CLIP loss on a bag-of-words text encoder."""
+
     def loss(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {
-            "contrastive": clip_loss(
-                outputs["image"], outputs["text"], outputs["scale"], gather=is_distributed(), local_loss=True
-            )
-        }
+        """The symmetric contrastive loss."""
+        loss = clip_loss(outputs["image"], outputs["text"], outputs["scale"], gather=is_distributed(), local_loss=True)
+        return {"contrastive": loss}
 
     def after_step(self, model: nn.Module) -> None:
+        """Keep exp(t) <= the maximum scale."""
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(model.config.max_logit_scale))
 
     def log_values(self, model: nn.Module) -> dict[str, float]:
+        """The temperature's scale exp(t)."""
         return {"scale": float(model.scale().detach())}
 
 
@@ -248,8 +267,7 @@ OBJECTIVES = {
 def build_objective(name: str, config: CLIPConfig, vocab: Vocabulary | None = None, seed: int = 0) -> Any:
     """The task (holding its model) for objective `name`: one of OBJECTIVES or "clip". With the same seed,
     every objective starts from the same image-tower weights as `clipforge.create_model(config, seed)`."""
-    from ..errors import ConfigError
-    from .clip import CLIPTask
+    from ...errors import ConfigError
 
     if name != "clip" and name not in OBJECTIVES:
         raise ConfigError(f"unknown objective {name!r}; use one of {', '.join([*OBJECTIVES, 'clip'])}")
@@ -258,6 +276,6 @@ def build_objective(name: str, config: CLIPConfig, vocab: Vocabulary | None = No
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if name == "clip":
-            return CLIPTask(CLIP(config))
+            return CLIPTask(CLIP.from_config(config))
         model_cls, task_cls = OBJECTIVES[name]
         return task_cls(model_cls(config, vocab))
