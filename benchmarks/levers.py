@@ -13,7 +13,8 @@ it causes (a lever is kept only if the outputs stay within tolerance):
 
 Levers other than the first run in `--precision` (default auto: bf16 where native, else fp32).
 
-    python benchmarks/levers.py                          # ViT-B-32 text/pooled/optimiser, RN50 channels-last, small-vit compile
+    python benchmarks/levers.py                          # ViT-B-32 text/pooled/optimiser, RN50 channels-last,
+                                                         # small-vit compile
     python benchmarks/levers.py --quick                  # tiny presets, seconds (a smoke test)
 """
 
@@ -67,7 +68,8 @@ def text_trimming(name: str, batch: int) -> None:
         trimmed = per_s(lambda: model.encode_text(tokens[:, :longest]), batch)
     diff = (model.encode_text(tokens) - model.encode_text(tokens[:, :longest])).abs().max().item()
     print(
-        f"text trimming ({name}, batch {batch}, 77 -> {longest} tokens, {PRECISION}): {padded:.1f} -> {trimmed:.1f} txt/s "
+        f"text trimming ({name}, batch {batch}, 77 -> {longest} tokens, {PRECISION}): "
+        f"{padded:.1f} -> {trimmed:.1f} txt/s "
         f"({trimmed / padded:.2f}x); fp32 max |difference| {diff:.2e}"
     )
 
@@ -82,7 +84,7 @@ def precision_choice(batch: int, steps: int) -> None:
     for precision in ("fp32", "bf16"):
         model = clipforge.create_model(MODEL, seed=0, text={"layers": TEXT_LAYERS}).train()
 
-        def step() -> None:
+        def step(precision=precision, model=model) -> None:
             with autocast(precision):
                 out = model(images, tokens)
             clipforge.clip_loss(out.image_embeds, out.text_embeds, out.logit_scale).backward()
@@ -120,7 +122,12 @@ def pooled_forward(name: str, batch: int, reps: int) -> None:
         model.train()
         rates.update(
             alternating(
-                {"every token train": lambda: train_step(full), "pooled train": lambda: train_step(pooled)}, batch, reps
+                {
+                    "every token train": lambda full=full: train_step(full),
+                    "pooled train": lambda pooled=pooled: train_step(pooled),
+                },
+                batch,
+                reps,
             )
         )
         with torch.no_grad():
@@ -193,7 +200,7 @@ def compiled(name: str, batch: int, steps: int) -> None:
         model = clipforge.create_model(name, seed=0).train()
         fwd = torch.compile(model) if mode == "compiled" else model
 
-        def step(i: int = 0) -> torch.Tensor:
+        def step(i: int = 0, fwd=fwd, model=model) -> torch.Tensor:
             images, tokens = data[i % 2]
             with autocast(PRECISION):
                 out = fwd(images, tokens)

@@ -77,7 +77,8 @@ def main() -> None:
         rows.append(run(layers, args.budget, args.seed, args.eval_images))
         print(json.dumps(rows[-1]), flush=True)
     print(
-        "\n| text layers | steps | s/step | held-out shape | held-out shape, debiased | held-out composite | seen shape |"
+        "\n| text layers | steps | s/step | held-out shape | held-out shape, debiased | "
+        "held-out composite | seen shape |"
     )
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -236,16 +236,16 @@ def main() -> None:
             model.eval()
             with torch.no_grad():
                 if side == "transformers":
-                    img_fn = lambda i, t, m: model.get_image_features(pixel_values=i)  # noqa: E731
-                    txt_fn = lambda i, t, m: model.get_text_features(input_ids=t, attention_mask=m)  # noqa: E731
+                    img_fn = lambda i, t, m, model=model: model.get_image_features(pixel_values=i)  # noqa: E731
+                    txt_fn = lambda i, t, m, model=model: model.get_text_features(input_ids=t, attention_mask=m)  # noqa: E731
                 else:
-                    img_fn = lambda i, t, m: model.encode_image(i)  # noqa: E731
-                    txt_fn = lambda i, t, m: model.encode_text(t)  # noqa: E731
+                    img_fn = lambda i, t, m, model=model: model.encode_image(i)  # noqa: E731
+                    txt_fn = lambda i, t, m, model=model: model.encode_text(t)  # noqa: E731
                 for case, fn in (("image", img_fn), ("text", txt_fn)):
                     flops[case] = count_flops(fn, embed, bf16)
                     nominal = nominal_flops.setdefault((precision, case), flops[case])
                     with peak_memory(mem := {}):
-                        sec, _ = timed(lambda *b: (fn(*b), None)[1], embed, 1, 3, bf16)
+                        sec, _ = timed(lambda *b, fn=fn: (fn(*b), None)[1], embed, 1, 3, bf16)
                     r[case], r[f"{case}_mib"] = args.embed_batch / sec, mem["peak_mib"]
                     r[f"{case}_mfu"] = nominal / sec / peaks[precision]
                     r[f"{case}_hfu"] = flops[case] / sec / peaks[precision]

@@ -7,14 +7,17 @@ import torch.distributed as dist
 
 
 def is_distributed() -> bool:
+    """True when torch.distributed is available and a process group is initialised."""
     return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
+    """This process's rank in the default group; 0 when not distributed."""
     return dist.get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
+    """Number of processes in the default group; 1 when not distributed."""
     return dist.get_world_size() if is_distributed() else 1
 
 

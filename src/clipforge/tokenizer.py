@@ -115,12 +115,14 @@ class Tokenizer:
         return ids
 
     def encode(self, text: str) -> list[int]:
+        """BPE ids of the cleaned text, without start/end tokens or padding."""
         ids: list[int] = []
         for word in self.pattern.findall(clean_text(text)):
             ids.extend(self._word_ids(word))
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
+        """Text of BPE ids (special tokens come out literally); each word end becomes a space."""
         text = "".join(self.decoder[int(i)] for i in ids)
         raw = bytearray(self.byte_decoder[c] for c in text)
         return raw.decode("utf-8", errors="replace").replace("</w>", " ")

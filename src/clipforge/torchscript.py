@@ -45,6 +45,7 @@ def _rebuild_tensor(
 
 
 def is_torchscript(path: str) -> bool:
+    """Whether `path` is a TorchScript zip archive (constants.pkl plus code/), like OpenAI's JIT checkpoints."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as z:

@@ -82,6 +82,7 @@ def resize_shorter(image: Image.Image, size: int) -> Image.Image:
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """The central size x size crop, zero-padding a smaller image first (as torchvision does)."""
     w, h = image.size
     if w < size or h < size:  # pad like torchvision when the image is smaller than the crop
         canvas = Image.new(image.mode, (max(w, size), max(h, size)))

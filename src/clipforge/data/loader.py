@@ -74,6 +74,7 @@ class ImageTextCollate:
         self.context_length = context_length
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Samples -> {images (B, 3, H, W), tokens (B, L) int64, captions, skipped (summed)}."""
         from ..tokenizer import get_tokenizer
 
         captions = [it["caption"] for it in items]

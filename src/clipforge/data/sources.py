@@ -35,6 +35,8 @@ MAX_CONSECUTIVE_SKIPS = 100
 
 @dataclass(frozen=True)
 class DataSpec:
+    """A parsed `--data` spec: its kind, where it is, and its options."""
+
     kind: str  # "synthetic" | "csv" | "folder" | "webdataset"
     location: str = ""
     options: dict[str, Any] = field(default_factory=dict)
@@ -111,6 +113,8 @@ class PairDataset(Dataset):
 
 
 class SyntheticPairs(PairDataset):
+    """Pairs from the synthetic world; each scene's training caption is one of its phrasings, chosen by seed."""
+
     def __init__(self, world: SyntheticWorld, transform: Callable[..., torch.Tensor], seed: int = 0) -> None:
         super().__init__(transform, seed)
         self.world = world
@@ -119,6 +123,7 @@ class SyntheticPairs(PairDataset):
         return len(self.world)
 
     def read(self, index: int) -> tuple[Any, str]:
+        """(scene image, one of its captions)."""
         scene = self.world[index]
         return scene.image, scene.captions[stable_seed(self.seed, index) % len(scene.captions)]
 
@@ -136,6 +141,7 @@ class FilePairs(PairDataset):
         return len(self.pairs)
 
     def read(self, index: int) -> tuple[Any, str]:
+        """(decoded image file, caption); ImageError for an unreadable file."""
         path, caption = self.pairs[index]
         return load_image(path), caption
 

@@ -74,6 +74,8 @@ _NUMBERS = {2: "two", 3: "three", 4: "four"}
 
 @dataclass
 class SceneObject:
+    """One drawn object: its shape, colour, size, position name, pixel box and caption phrase."""
+
     shape: str
     colour: str
     size: str
@@ -84,6 +86,8 @@ class SceneObject:
 
 @dataclass
 class Scene:
+    """One rendered sample: image, captions, objects, background and per-pixel instance/class masks."""
+
     image: Image.Image
     caption: str  # the caption this sample trains with
     captions: list[str]  # several phrasings of the same scene

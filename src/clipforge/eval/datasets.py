@@ -46,17 +46,21 @@ class LabelledImages:
         return len(self.images)
 
     def image(self, i: int) -> Image.Image:
+        """The i-th image as a PIL image, loaded now if held as a path or loader."""
         return _open(self.images[i])
 
 
 @dataclass
 class CaptionedImages:
+    """Images (PIL images or paths, loaded lazily) with their captions, for retrieval."""
+
     images: list[Any]
     captions: list[str]
     caption_image: list[int]  # image index of each caption
     name: str
 
     def image(self, i: int) -> Image.Image:
+        """The i-th image as a PIL image, loaded now if held as a path or loader."""
         return _open(self.images[i])
 
 
@@ -104,6 +108,8 @@ def digits(split: str = "test", seed: int = 0, test_fraction: float = 0.3) -> La
 
 
 def class_folders(root: str | Path, split: str = "test") -> LabelledImages:
+    """Image paths under root/<class>/, labelled by sorted folder name ('_' read as a space).
+    Split 'train' needs root/train; otherwise root/val or root/test when present, else root itself."""
     root = Path(root)
     names = ("train",) if split == "train" else ("val", "test")
     found = [root / n for n in names if (root / n).is_dir()]
@@ -126,6 +132,7 @@ def class_folders(root: str | Path, split: str = "test") -> LabelledImages:
 
 
 def labelled_dataset(spec: str, split: str = "test", image_size: int = 64) -> LabelledImages:
+    """The `split` ('test' or 'train') of a labelled `--data` spec: digits, synthetic[:...] or a class-folder root."""
     if spec == "digits":
         return digits(split)
     if spec.startswith("synthetic"):

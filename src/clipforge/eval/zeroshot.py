@@ -67,6 +67,8 @@ def load_templates(spec: str | Sequence[str]) -> list[str]:
 
 @dataclass
 class ZeroShotClassifier:
+    """One unit-norm text embedding per class; images are scored by scaled cosine similarity to each."""
+
     classnames: list[str]
     weights: torch.Tensor  # (C, E): one unit-norm embedding per class
     scale: float  # exp(logit_scale) of the model, for probabilities

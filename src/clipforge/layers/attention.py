@@ -42,6 +42,8 @@ def pad_rows(x: torch.Tensor, rows: torch.Tensor, batch: int, length: int) -> to
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection, over (B, N, D) or packed (T, D) tokens."""
+
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         if width % heads:

@@ -10,10 +10,12 @@ class QuickGELU(nn.Module):
     """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP weights were trained with."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Elementwise; the output has the shape of `x`."""
         return x * torch.sigmoid(1.702 * x)
 
 
 def make_act(name: str) -> nn.Module:
+    """The activation a config names: 'gelu' (exact `nn.GELU`) or 'quick_gelu' (OpenAI's weights)."""
     if name == "quick_gelu":
         return QuickGELU()
     if name == "gelu":
@@ -31,4 +33,5 @@ class Mlp(nn.Module):
         self.c_proj = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., width) -> (..., hidden) -> activation -> (..., width)."""
         return self.c_proj(self.gelu(self.c_fc(x)))

@@ -14,6 +14,9 @@ from .vit import _check_images
 
 
 class Bottleneck(nn.Module):
+    """1x1 -> 3x3 -> 1x1 conv residual block with 4x channel expansion; strided blocks downsample
+    by average pooling (in the branch and the shortcut) instead of strided convs, as OpenAI's does."""
+
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
@@ -39,6 +42,7 @@ class Bottleneck(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, inplanes, H, W) -> (B, 4 * planes, H / stride, W / stride)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(self.avgpool(out)))
@@ -59,6 +63,7 @@ class AttentionPool2d(nn.Module):
         self.heads = heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) feature map -> (B, output_dim): the mean token attends to itself and every position."""
         B, C, H, W = x.shape
         x = x.flatten(2).transpose(1, 2)  # (B, HW, C)
         x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + self.positional_embedding.to(x.dtype)  # (B, 1+HW, C)
@@ -71,6 +76,8 @@ class AttentionPool2d(nn.Module):
 
 
 class ModifiedResNet(nn.Module):
+    """ResNet image tower: (B, 3, S, S) images -> (B, output_dim) embeddings via attention pooling."""
+
     def __init__(
         self, layers: tuple[int, ...], output_dim: int, heads: int, image_size: int = 224, width: int = 64
     ) -> None:
@@ -97,6 +104,7 @@ class ModifiedResNet(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
+        """Attention-pool projections ~ N(0, 1/width), and every bottleneck's last BatchNorm scale zeroed."""
         std = self.attnpool.c_proj.in_features**-0.5
         for lin in (self.attnpool.q_proj, self.attnpool.k_proj, self.attnpool.v_proj, self.attnpool.c_proj):
             nn.init.normal_(lin.weight, std=std)
@@ -108,6 +116,7 @@ class ModifiedResNet(nn.Module):
     channels_last = True
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Three 3x3 convs (the first strided) and a 2x2 average pool: (B, 3, S, S) -> (B, width, S/4, S/4)."""
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         x = F.relu(self.bn3(self.conv3(x)))
@@ -131,8 +140,10 @@ class ModifiedResNet(nn.Module):
         return maps
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) images -> (B, output_dim) attention-pooled embeddings."""
         return self.attnpool(self.feature_maps(images)[-1])
 
     def forward_intermediates(self, images: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """The (B, output_dim) embedding plus the stem's and each stage's feature maps (`feature_maps`)."""
         maps = self.feature_maps(images)
         return {"image_embeds": self.attnpool(maps[-1]), "image_intermediates": maps}

@@ -9,6 +9,8 @@ from ..layers import Transformer
 
 
 class TextTransformer(nn.Module):
+    """Causal text tower: (B, L) token ids -> (B, output_dim) embeddings taken at each end-of-text token."""
+
     def __init__(
         self,
         context_length: int,
@@ -58,6 +60,7 @@ class TextTransformer(nn.Module):
         return self.ln_final(x) @ self.text_projection
 
     def forward_intermediates(self, text: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """The (B, E) embedding via every token, plus every block's output and the final tokens, (B, L, width)."""
         inter: list[torch.Tensor] = []
         x = self.tokens(text, intermediates=inter)
         return {"text_embeds": self.pool(x, text), "text_intermediates": inter, "text_tokens": x}

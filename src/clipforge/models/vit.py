@@ -9,6 +9,8 @@ from ..layers import Transformer
 
 
 class VisionTransformer(nn.Module):
+    """ViT image tower: (B, 3, S, S) images -> (B, output_dim) class-token embeddings."""
+
     def __init__(
         self,
         image_size: int,

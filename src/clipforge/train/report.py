@@ -32,6 +32,7 @@ class MetricsLog:
         path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
 
     def append(self, row: dict[str, Any]) -> None:
+        """Write one metrics line (non-finite floats become null)."""
         if not self.enabled:
             return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}

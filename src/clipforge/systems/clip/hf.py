@@ -50,10 +50,12 @@ def _rename(key: str, to_clipforge: bool) -> str:
 
 
 def is_hf_state_dict(sd: dict[str, Any]) -> bool:
+    """Whether `sd` uses transformers' CLIPModel key names."""
     return any(k.startswith(("text_model.", "vision_model.")) for k in sd)
 
 
 def hf_to_clipforge(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers CLIPModel state dict in clipforge's keys (q, k, v projections fused)."""
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, value in sd.items():
@@ -73,6 +75,7 @@ def hf_to_clipforge(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def clipforge_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A clipforge CLIP state dict in transformers' CLIPModel keys (attention split into q, k, v)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         m = _CF_QKV.match(key)

@@ -66,6 +66,7 @@ class Vocabulary(nn.Module):
         return cls([t for t, _ in counts.most_common(max_size)])
 
     def forward(self, bpe: torch.Tensor) -> torch.Tensor:
+        """CLIP BPE ids -> compact ids (any shape)."""
         return self.lookup[bpe]
 
     def words(self, ids: torch.Tensor) -> torch.Tensor:
@@ -131,6 +132,7 @@ class CaptioningModel(_ImageTowerModel):
         return nll.sum(1)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample mean next-token negative log-likelihood of the caption given the image."""
         ids = self.vocab(tokens)
         nll = self.sequence_nll(self.encode_image(images), ids)
         return {"nll_per_token": nll / (ids[:, 1:] != PAD).sum(1).clamp(min=1)}  # (B,)
@@ -160,9 +162,11 @@ class BagOfWordsModel(_ImageTowerModel):
         self.head = nn.Sequential(nn.LayerNorm(config.embed_dim), nn.Linear(config.embed_dim, vocab.size))
 
     def word_logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        """(B, E) image features -> (B, V) logits over the vocabulary."""
         return self.head(image_features)  # (B, V)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample cross-entropy of the predicted words against the caption's word distribution."""
         words = self.vocab.words(self.vocab(tokens))
         target = words / words.sum(1, keepdim=True).clamp(min=1)  # the caption's word distribution
         logp = self.word_logits(self.encode_image(images)).float().log_softmax(-1)
@@ -195,9 +199,11 @@ class BagOfWordsCLIP(_ImageTowerModel):
         return self.text_projection(mean)
 
     def scale(self) -> torch.Tensor:
+        """exp(t), the temperature's scale."""
         return self.logit_scale.exp()
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised image and bag-of-words text embeddings (B, E) and the scale."""
         image = F.normalize(self.encode_image(images).float(), dim=-1)
         text = F.normalize(self.encode_text(tokens).float(), dim=-1)
         return {"image": image, "text": text, "scale": self.scale()}
@@ -232,10 +238,14 @@ class _ObjectiveTask(Task):
 
 
 class CaptioningTask(_ObjectiveTask):
+    """Next-token cross-entropy per caption token."""
+
     name, key = "captioning", "nll_per_token"
 
 
 class BagOfWordsTask(_ObjectiveTask):
+    """Cross-entropy against the caption's word distribution."""
+
     name, key = "bag_of_words", "cross_entropy"
 
 
