@@ -1,7 +1,6 @@
 import gzip
 import hashlib
 import random
-import time
 from importlib import resources
 
 import pytest
@@ -176,13 +175,11 @@ def test_non_string_input_is_rejected():
         clipforge.tokenize(["ok", 3])  # type: ignore[list-item]
 
 
-def test_batch_of_10000_captions_is_fast():
+def test_batch_of_10000_captions():
+    """Speed is measured by benchmarks/tokenizer_speed.py; here only the result."""
     rng = random.Random(1)
     words = "a photo of red blue green small large circle square triangle on the left right near dog cat".split()
     captions = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 25))) for _ in range(10_000)]
-    tok = Tokenizer()  # fresh word cache
-    start = time.perf_counter()
-    ids = tok(captions)
-    elapsed = time.perf_counter() - start
+    ids = Tokenizer()(captions)
     assert ids.shape == (10_000, 77)
-    assert elapsed < 2.0, f"10,000 captions took {elapsed:.2f}s"
+    assert torch.equal(ids[123], clipforge.tokenize(captions[123])[0])

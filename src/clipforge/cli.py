@@ -157,8 +157,13 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _data(args: argparse.Namespace) -> int:
     from .data.export import write_csv_folder, write_webdataset
+    from .data.sources import parse_data_spec
     from .data.synthetic import SyntheticWorld
+    from .errors import ConfigError
 
+    if args.shard_size <= 0:
+        raise ConfigError(f"--shard-size {args.shard_size} must be positive (samples per .tar shard)")
+    parse_data_spec(f"synthetic:n={args.n},size={args.size},split={args.split}")  # checks the world's limits
     world = SyntheticWorld(args.n, args.size, args.split, args.seed)
     if args.format == "csv":
         where = write_csv_folder(world, args.out, progress=True)

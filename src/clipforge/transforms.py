@@ -7,6 +7,7 @@ resize + centre crop, the only augmentation the paper used.
 
 from __future__ import annotations
 
+import io
 import math
 import random
 from collections.abc import Callable
@@ -25,18 +26,22 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _NATIVE_MODES = ("RGB", "L", "RGBA", "LA")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image; a missing, corrupt or truncated file raises ImageError."""
+def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+    """Open and fully decode an image file (or its bytes, called `name` in errors); a missing, corrupt,
+    truncated or absurdly large image raises ImageError."""
+    name = name or str(source if not isinstance(source, bytes) else "image bytes")
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             im.load()  # decode now, so truncation is detected here and not later in a worker
             return im.copy()
     except FileNotFoundError as e:
-        raise ImageError(f"image file not found: {path}") from e
+        raise ImageError(f"image file not found: {name}") from e
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name} is refused: {e}") from e
     except UnidentifiedImageError as e:
-        raise ImageError(f"{path} is not a readable image (unknown format or corrupt header)") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path} could not be decoded ({e}); the file is corrupt or truncated") from e
+        raise ImageError(f"{name} is not a readable image (unknown format or corrupt header)") from e
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError, MemoryError) as e:
+        raise ImageError(f"{name} could not be decoded ({e}); the file is corrupt or truncated") from e
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -14,6 +14,7 @@ skip never shifts pairs.
 from __future__ import annotations
 
 import csv
+import io
 import random
 import zlib
 from collections.abc import Callable, Iterator
@@ -31,6 +32,10 @@ from .synthetic import SyntheticWorld
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _SYNTHETIC_OPTIONS = {"n": int, "size": int, "seed": int, "max_objects": int, "split": str}
 MAX_CONSECUTIVE_SKIPS = 100
+_WDS_HINT = (
+    "each sample needs an image (.jpg, .jpeg, .png or .webp) and a non-empty .txt caption under one key; "
+    "check the shards (tar tf SHARD | head) or rewrite them"
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ def parse_data_spec(spec: str) -> DataSpec:
                 raise ConfigError(
                     f"synthetic option {key}={value!r} is not a valid {_SYNTHETIC_OPTIONS[key].__name__}"
                 ) from e
+        _check_synthetic(opts)
         return DataSpec("synthetic", options=opts)
     if ".tar" in spec:
         return DataSpec("webdataset", spec)
@@ -71,6 +77,28 @@ def parse_data_spec(spec: str) -> DataSpec:
     raise ConfigError(
         f"cannot read data spec {spec!r}: not 'synthetic[:opts]', a .csv/.tsv file, a folder or WebDataset .tar shards"
     )
+
+
+def _check_synthetic(opts: dict[str, Any]) -> None:
+    """The synthetic world's limits, as one-line errors naming the valid values."""
+    from .synthetic import SPLITS
+
+    if "split" in opts and opts["split"] not in SPLITS:
+        raise ConfigError(f"synthetic split={opts['split']!r} is not one of {', '.join(SPLITS)}")
+    if opts.get("n", 1) <= 0:
+        raise ConfigError(f"synthetic n={opts['n']} must be positive (the number of scenes)")
+    if opts.get("size", 16) < 16:
+        raise ConfigError(f"synthetic size={opts['size']} is too small: scenes need at least 16 pixels")
+    if opts.get("max_objects", 1) < 1:
+        raise ConfigError(f"synthetic max_objects={opts['max_objects']} must be at least 1")
+
+
+def _read_text(path: Path) -> str:
+    """A text file decoded as UTF-8; ConfigError naming the file and the fix if it is not."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start} cannot be decoded); re-save it as UTF-8") from None
 
 
 def stable_seed(*parts: Any) -> int:
@@ -151,8 +179,7 @@ def read_csv_pairs(path: str | Path) -> list[tuple[str, str]]:
     used when present; otherwise the first two columns. Relative paths are relative to the file."""
     path = Path(path)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter=delimiter))
+    rows = list(csv.reader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter))
     if not rows:
         raise ConfigError(f"{path} is empty")
     header = [h.strip().lower() for h in rows[0]]
@@ -176,7 +203,7 @@ def read_folder_pairs(folder: str | Path) -> tuple[list[tuple[str, str]], int]:
     pairs, uncaptioned = [], 0
     for image in sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTS):
         sidecar = image.with_suffix(".txt")
-        lines = [l.strip() for l in sidecar.read_text(encoding="utf-8").splitlines()] if sidecar.exists() else []
+        lines = [l.strip() for l in _read_text(sidecar).splitlines()] if sidecar.exists() else []
         lines = [l for l in lines if l]
         uncaptioned += not lines
         pairs.extend((str(image), line) for line in lines)
@@ -203,8 +230,6 @@ class WebDatasetPairs(IterableDataset):
         self.transform, self.seed, self.shuffle_buffer = transform, seed, shuffle_buffer
 
     def _decode(self, sample: dict[str, Any], counter: list[int]) -> dict[str, Any] | None:
-        import io
-
         from PIL import Image
 
         key = sample.get("__key__", "?")
@@ -238,13 +263,24 @@ class WebDatasetPairs(IterableDataset):
                     "to get one; write more shards or use fewer workers"
                 )
             samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)(iter(mine))
+            yielded = False
             rng = random.Random(stable_seed(self.seed, epoch, "buffer"))
             for sample in wds.filters._shuffle(
                 samples, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng
             ):
                 out = self._decode(sample, counter)
                 if out is not None:
+                    yielded = True
                     yield out
+                elif counter[0] >= MAX_CONSECUTIVE_SKIPS:
+                    raise ImageError(f"{counter[0]} consecutive unusable samples in {self._what(mine)}; {_WDS_HINT}")
+            if not yielded:
+                raise ImageError(f"a whole pass over {self._what(mine)} gave no usable sample; {_WDS_HINT}")
+
+    @staticmethod
+    def _what(mine: list[dict[str, str]]) -> str:
+        names = ", ".join(Path(m["url"]).name for m in mine[:3])
+        return f"{len(mine)} shard(s) ({names}{' ...' if len(mine) > 3 else ''})"
 
 
 def build_dataset(

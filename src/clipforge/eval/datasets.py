@@ -146,7 +146,10 @@ def labelled_dataset(spec: str, split: str = "test", image_size: int = 64) -> La
             o.get("seed", 0) + (0 if split == "test" else 1000),
         )
     if Path(spec).is_dir():
-        return class_folders(spec, split)
+        ds = class_folders(spec, split)
+        if not ds.images:
+            raise ConfigError(f"{spec} holds no images in its class folders ({', '.join(IMAGE_EXTS)})")
+        return ds
     raise ConfigError(f"cannot use {spec!r} as a labelled dataset: use digits, synthetic[:...] or a class-folder root")
 
 
@@ -180,12 +183,12 @@ def captioned_dataset(spec: str, image_size: int = 64) -> CaptionedImages:
                 images.append(path)
             captions.append(caption)
             owner.append(index[key])
+    if not captions:
+        raise ConfigError(f"{spec} holds no (image, caption) pairs to evaluate retrieval on")
     return CaptionedImages(images, captions, owner, spec)
 
 
 def _webdataset_pairs(urls: str, image_size: int) -> list[tuple[Callable[[], Image.Image], str]]:
-    import io
-
     import webdataset as wds
 
     out = []
@@ -193,6 +196,7 @@ def _webdataset_pairs(urls: str, image_size: int) -> list[tuple[Callable[[], Ima
         key = next((k for k in ("jpg", "jpeg", "png", "webp") if k in sample), None)
         if key is None or "txt" not in sample:
             continue
-        data = sample[key]
-        out.append((lambda data=data: Image.open(io.BytesIO(data)).convert("RGB"), sample["txt"].decode("utf-8")))
+        name = f"sample {sample.get('__key__', '?')} of {sample.get('__url__', urls)}"
+        caption = sample["txt"].decode("utf-8", errors="replace").strip()
+        out.append((lambda data=sample[key], name=name: load_image(data, name), caption))
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 
 from .._io import atomic_write, stale_temporaries
-from ..errors import CheckpointError
+from ..errors import CheckpointError, TrainingError
 
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
@@ -26,6 +27,7 @@ def remove_stale_temporaries(path: Path) -> int:
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
+    """A training checkpoint read back (tensors only); CheckpointError if unreadable."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -33,10 +35,76 @@ def load_training_state(path: Path) -> dict[str, Any]:
 
 
 def rng_state() -> dict[str, Any]:
+    """The torch and Python random states, to store in a checkpoint."""
     return {"torch": torch.get_rng_state(), "python": random.getstate()}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore states saved by `rng_state`."""
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+# TrainConfig fields that decide a run's trajectory: resuming with other values would not continue it
+_TRAJECTORY = ("batch_size", "seed", "lr", "weight_decay", "beta1", "beta2", "eps", "warmup", "optimizer")
+
+
+def check_run_folder(out: Path, ckpt_path: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to lose work: a folder that holds an earlier run is neither overwritten without
+    `overwrite` nor silently restarted when `resume` finds no checkpoint."""
+    earlier = ckpt_path.exists() or (out / "metrics.jsonl").exists()
+    if resume and not ckpt_path.exists():
+        raise TrainingError(f"--resume: no checkpoint at {ckpt_path}; drop --resume to start a new run in {out}")
+    if not resume and earlier and not overwrite:
+        raise TrainingError(
+            f"{out} holds an earlier run; pass --resume to continue it, --overwrite to replace it, "
+            "or choose another --out"
+        )
+    if not resume and overwrite:
+        ckpt_path.unlink(missing_ok=True)
+
+
+def check_resumable(
+    state: dict[str, Any],
+    train_config: dict[str, Any],
+    system: str | None,
+    model_config: dict[str, Any] | None,
+    path: Path,
+) -> list[str]:
+    """Compare a checkpoint's stored run with the one asked for; raise TrainingError where resuming
+    could not continue it, and return notes on harmless differences (a longer or shorter schedule)."""
+    stored_system, stored_model = state.get("system"), state.get("model_config")
+    if stored_system is not None and system is not None and stored_system != system:
+        raise TrainingError(f"{path} is a {stored_system} run, not {system}; use another --out or --overwrite")
+    if stored_model is not None and model_config is not None and stored_model != model_config:
+        diff = _differences(stored_model, model_config)
+        raise TrainingError(
+            f"{path} was trained with another model config ({'; '.join(diff[:6])}); resume with the same "
+            "--model and --set values, or pass --overwrite to start over"
+        )
+    stored = json.loads(state["train_config"]) if isinstance(state.get("train_config"), str) else {}
+    bad = [
+        f"{k}: {stored[k]!r} -> {train_config.get(k)!r}"
+        for k in _TRAJECTORY
+        if k in stored and stored[k] != train_config.get(k)
+    ]
+    if bad:
+        raise TrainingError(
+            f"{path} was trained with other settings ({'; '.join(bad)}); resume with the same values, "
+            "or pass --overwrite to start over"
+        )
+    return [
+        f"{k}: {stored[k]!r} -> {train_config.get(k)!r}"
+        for k in ("steps", "epochs")
+        if k in stored and stored[k] != train_config.get(k)
+    ]
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in dict.fromkeys([*a, *b]):
+            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]

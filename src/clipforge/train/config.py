@@ -45,7 +45,14 @@ class TrainConfig:
     on_nan: str = setting(
         "stop", choices=("stop", "skip"), help="at a non-finite loss: stop with a clear message, or skip the step"
     )
-    resume: bool = setting(False, help="continue from OUT/checkpoints/last.pt")
+    resume: bool = setting(False, help="continue from OUT/checkpoints/last.pt (refused if there is none)")
+    overwrite: bool = setting(False, help="replace an earlier run in OUT (refused without it)")
+    optimizer: str = setting(
+        "adamw", choices=("adamw", "sgd"), help="AdamW (the paper's), or plain SGD (lr x gradient; for checks)"
+    )
+    sync_batchnorm: bool = setting(
+        False, help="distributed GPU runs: BatchNorm statistics over the global batch (SyncBatchNorm)"
+    )
     progress: bool = setting(True, help="progress bar on rank 0")
 
     def __post_init__(self) -> None:
@@ -61,6 +68,10 @@ class TrainConfig:
             )
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.resume and self.overwrite:
+            raise ConfigError("give --resume or --overwrite, not both")
         if self.on_nan not in ("stop", "skip"):
             raise ConfigError(f"on_nan must be 'stop' or 'skip', got {self.on_nan!r}")
         if self.grad_clip is not None and self.grad_clip <= 0:

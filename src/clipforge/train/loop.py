@@ -11,8 +11,10 @@ back-propagated with its slice of the cached gradient (gradient caching, Gao et 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +28,15 @@ from torch.utils.data import Dataset, IterableDataset
 from .. import distributed as D
 from ..errors import ClipforgeError, TrainingError
 from ..precision import autocast, resolve_precision
-from .checkpoint import load_training_state, remove_stale_temporaries, rng_state, save_training_state, set_rng_state
+from .checkpoint import (
+    check_resumable,
+    check_run_folder,
+    load_training_state,
+    remove_stale_temporaries,
+    rng_state,
+    save_training_state,
+    set_rng_state,
+)
 from .config import TrainConfig
 from .optim import build_optimizer, cosine_schedule
 from .report import MetricsLog, plot_curves
@@ -97,6 +107,7 @@ class _Stepper:
         sizes = [len(next(v for v in c.values() if v.ndim)) for c in cached]
         offsets = [sum(sizes[:i]) for i in range(len(sizes))]
         no_sync = getattr(self.model, "no_sync", None)
+        statistics = _batchnorm_statistics(self.model)  # the re-run must not count its batches twice
         for j, chunk in enumerate(chunks):
             ctx = no_sync() if no_sync is not None and j < len(chunks) - 1 else contextlib.nullcontext()
             with ctx:
@@ -110,7 +121,37 @@ class _Stepper:
                     grads.append(g.to(out[k].dtype))
                 if tensors:
                     torch.autograd.backward(tensors, grads)
+        for buffer, value in statistics:
+            buffer.copy_(value)
         return {k: v.detach() for k, v in losses.items()}
+
+
+def _batchnorm_statistics(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(buffer, copy) of every running statistic BatchNorm would update in this forward."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+            out += [(b, b.clone()) for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    return out
+
+
+def _next_batch(it: Iterator[dict[str, Any]], workers: int) -> dict[str, Any]:
+    """The next batch; a data error raised in a loader worker comes back as its one-line message, and
+    a worker that died is reported instead of surfacing as a bare DataLoader error."""
+    try:
+        return next(it)
+    except ClipforgeError as e:
+        message = str(e)
+        if "Original Traceback" in message:  # re-raised from a worker: keep the original message
+            message = message.rstrip().splitlines()[-1].partition(": ")[2] or message
+        raise type(e)(message) from None
+    except RuntimeError as e:
+        if "DataLoader worker" in str(e):
+            raise TrainingError(
+                f"a data-loading worker died ({str(e).splitlines()[0]}); run with --workers 0 to see its error "
+                f"in the main process (it ran with --workers {workers})"
+            ) from None
+        raise
 
 
 def _total_steps(cfg: TrainConfig, dataset: Dataset) -> int:
@@ -137,17 +178,24 @@ class _Trainer:
         torch.manual_seed(cfg.seed)
         self.out = Path(cfg.out)
         self.ckpt_path = self.out / "checkpoints" / "last.pt"
+        check_run_folder(self.out, self.ckpt_path, cfg.resume, cfg.overwrite and self.rank == 0)
         self.total = _total_steps(cfg, dataset)
         self.model = task.model.to(self.device)
         task.configure(self.model)
+        if cfg.sync_batchnorm:
+            if self.device.type == "cpu":
+                raise ClipforgeError("--sync-batchnorm needs GPUs (PyTorch's SyncBatchNorm does not run on CPUs)")
+            self.model = task.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
-        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
+        self.optimizer = build_optimizer(
+            self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, cfg.optimizer
+        )
         warmup = cfg.warmup if cfg.warmup is not None else min(500, max(1, self.total // 20))
         self.scheduler = cosine_schedule(self.optimizer, warmup, self.total)
         self.step, self.skipped_samples, self.skipped_steps = 0, 0, 0
         if self.rank == 0:
             remove_stale_temporaries(self.ckpt_path)  # from a run killed while writing
-        if cfg.resume and self.ckpt_path.exists():
+        if cfg.resume:
             self._restore()
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.rank == 0, truncate_after=self.step)
         self.loader = make_loader(
@@ -156,9 +204,26 @@ class _Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.stepper = _Stepper(task, self.ddp, cfg, self.device, self.precision)
 
+    def _identity(self) -> tuple[str | None, dict[str, Any] | None]:
+        """The system name and model config stored with checkpoints (None where unknown)."""
+        from .. import settings
+        from ..registry import system_of
+
+        try:
+            system = system_of(self.model).name
+        except ClipforgeError:
+            system = None
+        config = getattr(self.model, "config", None)
+        return system, settings.to_dict(config) if dataclasses.is_dataclass(config) else None
+
     def _restore(self) -> None:
+        from ..checkpoints import load_state_dict_checked
+
         state = load_training_state(self.ckpt_path)
-        self.model.load_state_dict(state["model"])
+        for note in check_resumable(state, self.cfg.to_dict(), *self._identity(), self.ckpt_path):
+            if self.rank == 0:
+                print(f"note: resuming with a different schedule length ({note})", file=sys.stderr)
+        load_state_dict_checked(self.model, state["model"], str(self.ckpt_path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
@@ -180,6 +245,7 @@ class _Trainer:
                     "skipped_samples": self.skipped_samples,
                     "skipped_steps": self.skipped_steps,
                     "train_config": json.dumps(self.cfg.to_dict()),
+                    **dict(zip(("system", "model_config"), self._identity())),
                 },
             )
         if self.world > 1:
@@ -222,7 +288,7 @@ class _Trainer:
         self.task.train_mode(self.model)
         while self.step < self.total:
             t0 = time.perf_counter()
-            batch = next(it)
+            batch = _next_batch(it, cfg.workers)
             wait += time.perf_counter() - t0
             self.skipped_samples += int(batch.get("skipped", 0))
             losses = self.stepper(_to(batch, self.device))

@@ -14,13 +14,22 @@ def no_decay(name: str, param: torch.Tensor) -> bool:
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float
-) -> torch.optim.AdamW:
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
+    kind: str = "adamw",
+) -> torch.optim.Optimizer:
+    """Fused AdamW (or plain SGD) over the trainable parameters, without weight decay where
+    `no_decay` says. SGD takes lr x gradient steps, so checks can see the gradient's scale."""
     decay, plain = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (plain if no_decay(name, p) else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr)
     # the fused kernel: one pass over all parameters (faster than foreach on CPU and GPU; benchmarks/levers.py)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
 

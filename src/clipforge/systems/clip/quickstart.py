@@ -132,6 +132,7 @@ def run_quickstart(
     workers: int = 1,
     progress: bool = True,
 ) -> dict[str, Any]:
+    """Train the quickstart recipe for the calibrated budget, evaluate, and write report.json/.md and figures."""
     import clipforge
 
     out = Path(out)
@@ -167,6 +168,7 @@ def run_quickstart(
         log_every=max(1, steps // 50),
         eval_every=max(1, steps // 5),
         seed=seed,
+        overwrite=True,  # the quickstart's folder holds one run: the latest
     )
     t0 = time.perf_counter()
     result = train(CLIPTask(model), dataset, cfg, evaluate=curve)
@@ -261,10 +263,12 @@ def _findings(r: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(r: dict[str, Any]) -> str:
+    """The quickstart report as Markdown."""
     lines = [
         "# clipforge quickstart report\n",
         f"{r['model']} ({r['text_layers']}-layer text tower) trained from scratch for {r['steps']} steps x "
-        f"{r['batch_size']} = {r['images_seen']:,} images in {r['train_seconds']:.0f} s in {r.get('precision', 'bf16')} "
+        f"{r['batch_size']} = {r['images_seen']:,} images in {r['train_seconds']:.0f} s "
+        f"in {r.get('precision', 'bf16')} "
         f"(final training loss "
         f"{r['final_train_loss']:.3f}).\n",
         f"## Zero-shot top-1 on held-out colour-shape combinations ({r['eval_images']} images)\n",

@@ -154,7 +154,8 @@ def run_efficiency_study(
     primary = next(iter(evalsets))
     print(
         f"efficiency study: {len(objectives)} objectives x {steps} steps of {batch_size} images on {data} "
-        f"({model}, vocabulary {vocab.size} tokens); zero-shot on {', '.join(evalsets)} every {max(1, steps // evals)} steps"
+        f"({model}, vocabulary {vocab.size} tokens); zero-shot on {', '.join(evalsets)} "
+        f"every {max(1, steps // evals)} steps"
     )
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
@@ -179,6 +180,7 @@ def run_efficiency_study(
             lr=lr,
             workers=workers,
             seed=seed,
+            overwrite=True,  # a study's folder holds one run of each objective: the latest
             progress=progress,
             log_every=max(1, steps // 50),
             eval_every=max(1, steps // evals),
