@@ -50,6 +50,22 @@ class Checkpoint:
 
 
 # ----------------------------------------------------------------------------------------- reading
+MIN_SAFE_TORCH = (2, 10)  # earlier torch.load(weights_only=True) can run code or corrupt memory
+
+
+def check_safe_torch(version: str | None = None) -> None:
+    """Refuse to unpickle with a torch whose restricted unpickler has known holes: before 2.6 it handed
+    TorchScript archives to the code-running loader (CVE-2025-32434); before 2.10 crafted storages could
+    read and write out of bounds (CVE-2026-24747)."""
+    version = version or torch.__version__
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+    if parts < MIN_SAFE_TORCH:
+        raise CheckpointError(
+            f"torch {version} cannot load .pt/.bin files safely (its weights_only unpickler has known flaws, "
+            "CVE-2025-32434 and CVE-2026-24747); upgrade with pip install 'torch>=2.10', or use .safetensors files"
+        )
+
+
 def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of one weights file, never unpickling code."""
     if path.suffix == ".safetensors":
@@ -63,6 +79,7 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
     if is_torchscript(str(path)):
         return read_torchscript_state_dict(str(path)), {}
+    check_safe_torch()
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types for foreign files (KeyError, EOFError, ...)

@@ -28,6 +28,9 @@ def remove_stale_temporaries(path: Path) -> int:
 
 def load_training_state(path: Path) -> dict[str, Any]:
     """A training checkpoint read back (tensors only); CheckpointError if unreadable."""
+    from ..checkpoints import check_safe_torch
+
+    check_safe_torch()
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
