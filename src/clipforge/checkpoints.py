@@ -235,7 +235,10 @@ def save(model: nn.Module, path: str | os.PathLike[str], format: str = "clipforg
         if format not in system.exporters:
             formats = ", ".join(["clipforge", *system.exporters])
             raise CheckpointError(f"unknown format {format!r} for a {system.name} model; use {formats}")
-        return system.exporters[format](model, path)
+        try:
+            return system.exporters[format](model, path)
+        except (OSError, SafetensorError) as e:
+            raise CheckpointError(f"could not write {path} ({e}); nothing there was changed") from None
     if getattr(model, "config", None) is None:
         raise CheckpointError(f"this {system.name} model has no config to store; build it with from_config")
     sd = state_dict_for_saving(model)
@@ -246,14 +249,17 @@ def save(model: nn.Module, path: str | os.PathLike[str], format: str = "clipforg
         "clipforge_system": system.name,
         "clipforge_config": json.dumps(config),
     }
-    if path.suffix == ".safetensors":
-        atomic_write(path, lambda t: save_file(sd, t, metadata=meta))
-        return path
     stored = json.dumps({"clipforge": {"version": FORMAT_VERSION, "system": system.name, "config": config}}, indent=2)
 
     def write(folder: Path) -> None:
         save_file(sd, str(folder / "model.safetensors"), metadata=meta)
         (folder / "config.json").write_text(stored, encoding="utf-8")
 
-    atomic_directory(path, write)
+    try:
+        if path.suffix == ".safetensors":
+            atomic_write(path, lambda t: save_file(sd, t, metadata=meta))
+        else:
+            atomic_directory(path, write)
+    except (OSError, SafetensorError) as e:  # safetensors reports a failed write as its own error
+        raise CheckpointError(f"could not write {path} ({e}); nothing there was changed") from None
     return path

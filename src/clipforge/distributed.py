@@ -45,13 +45,18 @@ class _GatherWithGrad(torch.autograd.Function):
 
 def init_distributed() -> tuple[int, int, torch.device]:
     """(rank, world size, device). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL when
-    CUDA is available, else gloo. Without torchrun: rank 0 of 1, on CUDA if available."""
+    CUDA is available, else gloo, with collectives timing out after CLIPFORGE_DIST_TIMEOUT seconds
+    (default 600). Without torchrun: rank 0 of 1, on CUDA if available."""
     import os
+
+    from datetime import timedelta
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     if world > 1 and not is_distributed():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        # a collective waiting for a rank that died fails after this long instead of hanging
+        timeout = timedelta(seconds=float(os.environ.get("CLIPFORGE_DIST_TIMEOUT", "600")))
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local_rank)

@@ -131,8 +131,8 @@ class Tokenizer:
         """(N, context_length) int64 ids: start token, text, end token, zero padding."""
         if isinstance(texts, str):
             texts = [texts]
-        if context_length < 2:
-            raise TokenizerError(f"context_length must be at least 2, got {context_length}")
+        if not isinstance(context_length, int) or not 2 <= context_length <= MAX_CONTEXT:
+            raise TokenizerError(f"context_length must be an int from 2 to {MAX_CONTEXT:,}, got {context_length!r}")
         out = np.zeros((len(texts), context_length), dtype=np.int64)
         for i, text in enumerate(texts):
             if not isinstance(text, str):
@@ -149,6 +149,9 @@ class Tokenizer:
                 ids[-1] = self.eot_token_id
             out[i, : len(ids)] = ids
         return torch.from_numpy(out)
+
+
+MAX_CONTEXT = 1_000_000  # positions; more is a mistake, and would allocate N x context_length ids
 
 
 @lru_cache(maxsize=1)

@@ -14,8 +14,16 @@ from ..errors import CheckpointError, TrainingError
 
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
-    """Atomic: readers see the previous checkpoint or this one, never a half-written file."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Atomic: readers see the previous checkpoint or this one, never a half-written file. A failed
+    write (a full disk, ...) leaves the previous checkpoint in place and raises TrainingError."""
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except (OSError, RuntimeError) as e:  # torch's writer reports a failed write as a RuntimeError
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        raise TrainingError(
+            f"could not write checkpoint {path} ({reason}); the previous checkpoint is intact: free "
+            "space or fix the folder, then rerun with --resume"
+        ) from None
 
 
 def remove_stale_temporaries(path: Path) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write
+from ..errors import TrainingError
 
 
 class MetricsLog:
@@ -37,8 +38,13 @@ class MetricsLog:
             return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         self.rows.append(clean)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(clean) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(clean) + "\n")
+        except OSError as e:
+            raise TrainingError(
+                f"could not append to {self.path} ({e.strerror or e}); free space, then rerun with --resume"
+            ) from None
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
