@@ -48,7 +48,6 @@ def init_distributed() -> tuple[int, int, torch.device]:
     CUDA is available, else gloo, with collectives timing out after CLIPFORGE_DIST_TIMEOUT seconds
     (default 600). Without torchrun: rank 0 of 1, on CUDA if available."""
     import os
-
     from datetime import timedelta
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
