@@ -20,7 +20,7 @@ from clipforge.data.synthetic import SyntheticWorld
 from clipforge.precision import resolve_precision
 from clipforge.systems.clip import CLIPOptions, CLIPTask
 from clipforge.train import TrainConfig, TrainingError, train
-from clipforge.train.loop import _Stepper
+from clipforge.train.step import Stepper
 
 SMALL = ["vision.image_size=32", "vision.layers=2", "text.layers=2"]
 SMALL_KW = dict(vision={"image_size": 32, "layers": 2}, text={"layers": 2})
@@ -114,7 +114,7 @@ def test_exact_gradient_accumulation():
     for accum in (1, 4):
         model.zero_grad()
         cfg = TrainConfig(out="unused", steps=1, batch_size=16, accum_steps=accum, precision="fp32")
-        losses = _Stepper(CLIPTask(model), model, cfg, torch.device("cpu"))(batch)
+        losses = Stepper(CLIPTask(model), model, cfg, torch.device("cpu"))(batch)
         grads[accum] = ({n: p.grad.clone() for n, p in model.named_parameters()}, losses["contrastive"])
     assert grads[1][1].item() == pytest.approx(grads[4][1].item(), abs=1e-6)
     for name, g in grads[1][0].items():
@@ -181,7 +181,7 @@ def test_cached_accumulation_updates_batchnorm_statistics_once_per_micro_batch()
         for i in range(4):
             reference(batch["images"][4 * i : 4 * i + 4], batch["tokens"][4 * i : 4 * i + 4])
     cfg = TrainConfig(out="unused", steps=1, batch_size=16, accum_steps=4, precision="fp32")
-    _Stepper(CLIPTask(model), model, cfg, torch.device("cpu"))(batch)
+    Stepper(CLIPTask(model), model, cfg, torch.device("cpu"))(batch)
     got, want = _batchnorm_buffers(model), _batchnorm_buffers(reference)
     assert got["visual.bn1.num_batches_tracked"].item() == 4
     assert all(torch.equal(got[k], want[k]) for k in want)
@@ -198,7 +198,7 @@ def test_accumulation_is_exact_for_a_resnet_whose_batchnorm_is_frozen():
         task.configure(model)
         task.train_mode(model)
         cfg = TrainConfig(out="unused", steps=1, batch_size=16, accum_steps=accum, precision="fp32")
-        _Stepper(task, model, cfg, torch.device("cpu"))(batch)
+        Stepper(task, model, cfg, torch.device("cpu"))(batch)
         grads[accum] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert grads[1] and grads[1].keys() == grads[4].keys()
     for name, g in grads[1].items():

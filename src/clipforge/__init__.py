@@ -79,14 +79,24 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-def create_model(name: str | CLIPConfig, seed: int | None = None, **overrides: Any) -> CLIP:
-    """A randomly initialised CLIP model from a preset name (or a CLIPConfig).
+def create_model(
+    name: str | CLIPConfig, seed: int | None = None, *, pretrained: str | None = None, **overrides: Any
+) -> CLIP:
+    """A CLIP model from a preset name (or a CLIPConfig), randomly initialised unless `pretrained` names
+    weights: `create_model("ViT-B-32", pretrained="openai")` is `load("ViT-B-32")`.
 
     `overrides` replace config fields; towers take dicts: `create_model("ViT-B-32", text={"layers": 6})`.
     An unknown option raises ConfigError naming the valid ones. With `seed`, the weights are the same
     on every call and the global random state is left untouched.
     """
     import torch
+
+    if pretrained is not None:
+        if overrides or not isinstance(name, str):
+            raise ConfigError("pretrained weights fix the architecture: give a preset name and no overrides")
+        from .checkpoints import load
+
+        return load(name, tag=pretrained)
 
     from .models import CLIP
     from .presets import get_config
@@ -102,10 +112,10 @@ def create_model(name: str | CLIPConfig, seed: int | None = None, **overrides: A
 
 
 def preprocess(model: CLIP, train: bool = False) -> Any:
-    """The image transform matching `model`'s input resolution."""
-    from .transforms import image_transform
+    """The image transform `model` expects: its input size, mean/std, interpolation and resize mode."""
+    from .transforms import model_transform
 
-    return image_transform(model.image_size, train=train)
+    return model_transform(model, train=train)
 
 
 __all__ = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from .torchscript import is_torchscript, read_torchscript_state_dict
 
 FORMAT_VERSION = 1
 LEGACY_SYSTEM = "clip"  # clipforge files that name no system were written when CLIP was the only one
+_SIDE_FILES = ("preprocessor_config.json", "open_clip_config.json")  # read with a directory's weights
 _WEIGHT_FILES = (
     "model.safetensors",
     "open_clip_model.safetensors",
@@ -47,6 +48,8 @@ class Checkpoint:
     config: dict[str, Any] | None  # the stored config (clipforge's, or a Hugging Face config.json)
     flavour: str  # "clipforge" | "hf" | "" (weights alone)
     system: str | None  # the system a clipforge file names
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # other JSON files of a directory, parsed
+    torchscript: bool = False  # read from a TorchScript archive (how OpenAI released its models)
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -78,7 +81,7 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
     if is_torchscript(str(path)):
-        return read_torchscript_state_dict(str(path)), {}
+        return read_torchscript_state_dict(str(path)), {"torchscript": "1"}
     check_safe_torch()
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -151,22 +154,29 @@ def _native(stored: Any, where: Path) -> tuple[dict[str, Any], str]:
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """The tensors of a weights file or directory and the config stored with them."""
     path = Path(path)
+    side: dict[str, dict[str, Any]] = {}
     if path.is_dir():
         stored = _read_json(path / "config.json") if (path / "config.json").exists() else None
-        files = [path / f for f in _WEIGHT_FILES if (path / f).exists()]
+        side = {name: _read_json(path / name) for name in _SIDE_FILES if (path / name).exists()}
+        order = (
+            sorted(_WEIGHT_FILES, key=lambda f: "open_clip" not in f)
+            if "open_clip_config.json" in side
+            else _WEIGHT_FILES
+        )
+        files = [path / f for f in order if (path / f).exists()]
         if not files:
             raise CheckpointError(f"{path} has no weights file (looked for {', '.join(_WEIGHT_FILES)})")
         sd, meta = _read_file(files[0])
         if stored is not None and "clipforge" in stored:
-            return Checkpoint(path, sd, *_native_flavour(stored["clipforge"], path / "config.json"))
+            return Checkpoint(path, sd, *_native_flavour(stored["clipforge"], path / "config.json"), side)
         if stored is not None and ("text_config" in stored or "vision_config" in stored):
-            return Checkpoint(path, sd, stored, "hf", None)
+            return Checkpoint(path, sd, stored, "hf", None, side)
     elif not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     else:
         sd, meta = _read_file(path)
     if "clipforge_config" not in meta:
-        return Checkpoint(path, sd, None, "", None)
+        return Checkpoint(path, sd, None, "", None, side, bool(meta.get("torchscript")))
     try:
         stored = {"config": json.loads(meta["clipforge_config"]), "system": meta.get("clipforge_system", LEGACY_SYSTEM)}
     except json.JSONDecodeError as e:
@@ -179,13 +189,52 @@ def _native_flavour(stored: Any, where: Path) -> tuple[dict[str, Any], str, str]
     return config, "clipforge", system
 
 
-def load(path: str | os.PathLike[str], model: Any = None, **options: Any) -> nn.Module:
-    """Load the model of any registered system from a checkpoint; returns it in eval mode.
+def resolve(name: str | os.PathLike[str], tag: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """(local path, load options) of a checkpoint path, an `hf-hub:ORG/REPO` name, or a pretrained name
+    a system registers (`ViT-B-32`, `RN50`, `shapes`, ...), downloading it once where needed."""
+    from .hub import hub_folder
+    from .registry import all_pretrained, find_pretrained
 
-    A clipforge file names its system and config, so nothing else is needed. Other layouts are
-    offered to each system's importers (OpenAI, OpenCLIP and Hugging Face CLIP weights come back as a
-    `CLIP`). `model` (a preset name or config) and `options` (e.g. `act="gelu"`) are passed to the
-    importer where the weights cannot tell the architecture."""
+    text = str(name)
+    if tag is None and Path(text).exists():
+        return Path(text), {}
+    if text.startswith("hf-hub:"):
+        repo, _, revision = text[len("hf-hub:") :].partition("@")
+        return hub_folder(repo, revision or None), {}
+    entry = find_pretrained(text, tag)
+    if entry is not None:
+        return Path(entry.fetch()), dict(entry.load_options)
+    if tag is not None:
+        tags = [e.tag for _, e in all_pretrained() if text in (e.name, *e.aliases)]
+        raise CheckpointError(f"no pretrained {text!r} with tag {tag!r}; tags: {', '.join(tags) or 'none'}")
+    known = ", ".join(dict.fromkeys(e.name for _, e in all_pretrained()))
+    presets = [s for s in list_systems() if text in get_system(s).presets or text in get_system(s).aliases]
+    if presets:
+        raise CheckpointError(
+            f"{text} is a {presets[0]} architecture without trained weights (a preset); give a checkpoint, "
+            f"hf-hub:ORG/REPO or a pretrained name ({known}; clipforge models --pretrained). An untrained "
+            f"{text} is clipforge.create_model({text!r})"
+        )
+    raise CheckpointError(
+        f"checkpoint not found: {text} (not a file or folder, not hf-hub:ORG/REPO, and not a pretrained name: "
+        f"{known}; see clipforge models --pretrained)"
+    )
+
+
+def load(path: str | os.PathLike[str], model: Any = None, *, tag: str | None = None, **options: Any) -> nn.Module:
+    """Load the model of any registered system; returns it in eval mode.
+
+    `path` is a checkpoint file or folder, `hf-hub:ORG/REPO` (an OpenCLIP or transformers repository,
+    through the Hugging Face cache), or a pretrained name (`ViT-B-32`, `RN50`, ... OpenAI's weights,
+    downloaded once and checked; `shapes`, the CLIP trained on the synthetic world, shipped with
+    clipforge); `tag` picks among a name's weights. A clipforge file names its system and config, so
+    nothing else is needed. Other layouts are offered to each system's importers (OpenAI, OpenCLIP and
+    Hugging Face CLIP weights come back as a `CLIP`). `model` (a preset name or config) and `options`
+    (e.g. `act="gelu"`) are passed to the importer where the weights cannot tell the architecture."""
+    path, defaults = resolve(path, tag)
+    named = defaults.pop("model", None)  # the architecture a pretrained name comes with
+    model = named if model is None else model
+    options = {**defaults, **options}
     ckpt = read_checkpoint(path)
     if ckpt.system is not None:
         system = get_system(ckpt.system)

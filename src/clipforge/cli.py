@@ -57,6 +57,16 @@ def _train_parser(system) -> Parser:  # noqa: ANN001 - a registry.System
     )
     p.add_argument("--data", default=None, help=f"training data (e.g. {system.sample_data or 'synthetic'})")
     p.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="NAME|PATH",
+        help="start from these weights (a checkpoint, hf-hub:ORG/REPO, or a name: clipforge models --pretrained)",
+    )
+    p.add_argument("--val-data", default=None, help="evaluate on this data every --eval-every steps and at the end")
+    p.add_argument(
+        "--val-task", default=None, help=f"evaluator for --val-data: {', '.join(system.evaluators) or 'none'}"
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -82,11 +92,19 @@ def _train(argv: Sequence[str]) -> int:
     ns = _train_parser(system).parse_args(argv[1:] if named else argv)
     settings = {**given(ns, "option."), **parse_assignments(ns.set)}
     run = prepare_run(
-        system, recipe=ns.recipe, model=ns.model, data=ns.data, settings=settings, train=given(ns, "train.")
+        system,
+        recipe=ns.recipe,
+        model=ns.model,
+        data=ns.data,
+        settings=settings,
+        train=given(ns, "train."),
+        pretrained=ns.pretrained,
+        val_data=ns.val_data,
+        val_task=ns.val_task,
     )
     if run.config is None:
         raise ConfigError("give an output folder (--out)")
-    result = train(run.task, run.dataset, run.config)
+    result = train(run.task, run.dataset, run.config, evaluate=run.evaluate)
     if rank() == 0:
         out = run.config.out
         path = save(run.model, f"{out}/model.safetensors")
@@ -117,10 +135,10 @@ def _load_options(args: argparse.Namespace) -> dict[str, str]:
 
 def _eval(args: argparse.Namespace) -> int:
     from .checkpoints import load
-    from .eval.run import format_table, run_eval, write_json
+    from .eval.run import format_table, pick_device, run_eval, write_json
     from .registry import system_of
 
-    model = load(args.model, **_load_options(args))
+    model = load(args.model, **_load_options(args)).to(pick_device(args.device))
     evaluator = system_of(model).evaluators.get(args.task)
     options = {}
     if evaluator is not None:
@@ -137,6 +155,14 @@ def _eval(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     from .registry import get_system, list_systems
 
+    if args.pretrained:
+        print(f"{'name':<16} {'tag':<8} {'system':<7} {'cached':<7} also called / what")
+        for name in [args.system] if args.system else list_systems():
+            for e in get_system(name).pretrained:
+                also = f"{', '.join(e.aliases)}; " if e.aliases else ""
+                print(f"{e.name:<16} {e.tag:<8} {name:<7} {'yes' if e.cached() else 'no':<7} {also}{e.description}")
+        print("and any hf-hub:ORG/REPO holding an OpenCLIP or transformers CLIP model")
+        return 0
     for name in [args.system] if args.system else list_systems():
         system = get_system(name)
         print(f"# {system.name}: {system.description}")
@@ -189,11 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=argparse.ArgumentParser)
     _add(sub, "train", "train any system: clipforge train [SYSTEM] [--recipe NAME] ... (--help for its options)")
     p = _add(sub, "eval", "run a benchmark of the model's system (zero-shot, retrieval, probes, ...)")
-    p.add_argument("--model", required=True, help="checkpoint path (any supported format)")
+    p.add_argument("--model", required=True, help="weights: a checkpoint, hf-hub:ORG/REPO or a pretrained name")
     p.add_argument("--task", required=True, choices=evaluator_names())
     p.add_argument("--data", required=True, help="digits, synthetic[:label=shape,...], a class-folder root, ...")
     p.add_argument("--act", default=None, choices=["gelu", "quick_gelu"], help="activation of ambiguous weights")
     p.add_argument("--out", default=None, help="write the JSON result here")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: a GPU if there is one)")
     seen: set[str] = set()
     for evaluator in (e for s in systems for e in s.evaluators.values()):
         for flag, kwargs in evaluator.options.items():
@@ -201,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                 seen.add(flag)
                 p.add_argument(flag, **kwargs)
     p.set_defaults(func=_eval)
-    p = _add(sub, "models", "list the presets of every system (or one)")
+    p = _add(sub, "models", "list the presets of every system (or one), or with --pretrained the weights by name")
     p.add_argument("system", nargs="?", choices=[s.name for s in systems])
+    p.add_argument("--pretrained", action="store_true", help="list the names that resolve to weights")
     p.set_defaults(func=_models)
     p = _add(sub, "convert", "convert a checkpoint between formats")
     p.add_argument("src")

@@ -125,6 +125,35 @@ class TextConfig:
         return self.width // self.head_width
 
 
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")
+RESIZE_MODES = ("shortest", "squash")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How images are prepared for the image tower (the input size is `vision.image_size`). Checkpoints
+    carry it, so a model is always fed as it was trained: OpenAI's values by default, another model's
+    own from its Hugging Face or OpenCLIP config."""
+
+    mean: tuple[float, ...] = OPENAI_MEAN  # per-channel mean subtracted after scaling to [0, 1]
+    std: tuple[float, ...] = OPENAI_STD  # per-channel standard deviation divided by
+    interpolation: str = "bicubic"  # resampling filter of the resize
+    resize_mode: str = "shortest"  # "shortest": resize the shorter side, centre crop; "squash": resize to a square
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+                value = tuple(value)
+            _check(len(value) == 3, f"preprocess.{name} needs 3 values (R, G, B), got {value!r}")
+        _check(all(v > 0 for v in self.std), f"preprocess.std must be positive, got {self.std!r}")
+        _check(self.interpolation in INTERPOLATIONS, f"preprocess.interpolation must be one of {INTERPOLATIONS}")
+        _check(self.resize_mode in RESIZE_MODES, f"preprocess.resize_mode must be one of {RESIZE_MODES}")
+
+
 @dataclass(frozen=True)
 class CLIPConfig:
     """A two-tower CLIP model projecting both towers into a shared `embed_dim` space."""
@@ -134,11 +163,14 @@ class CLIPConfig:
     text: TextConfig = field(default_factory=TextConfig)
     init_logit_scale: float = math.log(1 / 0.07)  # learned log-temperature starts here
     max_logit_scale: float = 100.0  # exp(logit_scale) is clipped to this
+    init_logit_bias: float | None = None  # a learned logit bias (SigLIP's sigmoid loss), or none (CLIP's)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def __post_init__(self) -> None:
         _positive("", embed_dim=self.embed_dim, max_logit_scale=self.max_logit_scale)
         _check(isinstance(self.vision, VisionConfig), "vision must be a VisionConfig")
         _check(isinstance(self.text, TextConfig), "text must be a TextConfig")
+        _check(isinstance(self.preprocess, PreprocessConfig), "preprocess must be a PreprocessConfig")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts (what checkpoints store)."""

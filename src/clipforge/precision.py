@@ -13,7 +13,7 @@ import torch
 
 from .errors import ConfigError
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @cache
@@ -36,8 +36,9 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
 
 
 def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
-    """ "auto" -> "bf16" where it is native on `device`, else "fp32"; "bf16"/"fp32" are kept (with a
-    warning when bf16 would be emulated)."""
+    """ "auto" -> "bf16" where it is native on `device`, else "fp32"; "bf16", "fp16" and "fp32" are kept
+    (with a warning when bf16 would be emulated). fp16 is for GPUs without bf16: the trainer pairs it
+    with a gradient scaler."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "auto":
@@ -52,6 +53,7 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str
 
 
 def autocast(precision: str, device: str | torch.device = "cpu") -> AbstractContextManager:
-    """torch.autocast in bf16 for a resolved precision "bf16", a no-op for "fp32"."""
+    """torch.autocast in bf16 or fp16 for a resolved precision "bf16" or "fp16", a no-op for "fp32"."""
     device = torch.device(device)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=precision in ("bf16", "fp16"))

@@ -73,6 +73,22 @@ class Recipe:
 
 
 @dataclass(frozen=True)
+class Pretrained:
+    """Weights a name resolves to: `clipforge.load(name)`, or `create_model(name, pretrained=tag)`.
+
+    `fetch()` returns a local file or folder (downloading it once, or from the package) that
+    `clipforge.load` reads; `cached()` says whether that needs no download."""
+
+    name: str
+    tag: str
+    description: str
+    fetch: Callable[[], Any]
+    cached: Callable[[], bool] = lambda: True
+    aliases: Sequence[str] = ()
+    load_options: Mapping[str, Any] = field(default_factory=dict)  # passed to clipforge.load
+
+
+@dataclass(frozen=True)
 class System:
     """Everything the core needs to train, save, load, evaluate and command one system."""
 
@@ -93,6 +109,7 @@ class System:
     importers: Sequence[Callable[..., Any]] = ()  # foreign checkpoint layouts: return a model or None
     sample_data: str = ""  # a --data spec that needs no files (contract tests, smoke runs)
     describe: Callable[[Any], str] | None = None  # one line about a preset's config (`clipforge models`)
+    pretrained: Sequence[Pretrained] = ()  # weights by name
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.config) or not dataclasses.is_dataclass(self.options):
@@ -171,6 +188,20 @@ def get_system(name: str) -> System:
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise UnknownModelError(f"unknown system {name!r}.{hint} Known: {', '.join(_SYSTEMS)}")
     return _SYSTEMS[name]
+
+
+def find_pretrained(name: str, tag: str | None = None) -> Pretrained | None:
+    """The pretrained weights of any system called `name` (or an alias of it), with `tag` if given."""
+    for system_name in list_systems():
+        for entry in get_system(system_name).pretrained:
+            if name in (entry.name, *entry.aliases) and tag in (None, entry.tag):
+                return entry
+    return None
+
+
+def all_pretrained() -> list[tuple[str, Pretrained]]:
+    """(system name, entry) for every pretrained name of every registered system."""
+    return [(s, entry) for s in list_systems() for entry in get_system(s).pretrained]
 
 
 def system_of(model: Any) -> System:

@@ -17,10 +17,15 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .config import OPENAI_MEAN, OPENAI_STD
 from .errors import ImageError
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+_FILTERS = {
+    "bicubic": Image.BICUBIC,
+    "bilinear": Image.BILINEAR,
+    "nearest": Image.NEAREST,
+    "lanczos": Image.LANCZOS,
+}
 
 # Modes PIL resizes itself; they are converted to RGB after the crop, in OpenAI's order.
 _NATIVE_MODES = ("RGB", "L", "RGBA", "LA")
@@ -74,8 +79,8 @@ def _prepare(image: Image.Image) -> Image.Image:
     return image if image.mode in _NATIVE_MODES else to_rgb(image)
 
 
-def resize_shorter(image: Image.Image, size: int) -> Image.Image:
-    """Bicubic resize so the shorter side is `size` (the longer side rounds down, as torchvision)."""
+def resize_shorter(image: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
+    """Resize so the shorter side is `size` (the longer side rounds down, as torchvision)."""
     w, h = image.size
     if w <= h:
         new_w, new_h = size, int(size * h / w)
@@ -83,7 +88,7 @@ def resize_shorter(image: Image.Image, size: int) -> Image.Image:
         new_w, new_h = int(size * w / h), size
     if (new_w, new_h) == (w, h):
         return image
-    return image.resize((new_w, new_h), Image.BICUBIC)
+    return image.resize((new_w, new_h), _FILTERS[interpolation])
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -109,10 +114,13 @@ class ImageTransform:
         std: tuple[float, ...] = OPENAI_STD,
         scale: tuple[float, float] = (0.9, 1.0),
         seed: int | None = None,
+        interpolation: str = "bicubic",
+        resize_mode: str = "shortest",
     ) -> None:
         self.image_size = image_size
         self.train = train
         self.mean, self.std = tuple(mean), tuple(std)
+        self.interpolation, self.resize_mode = interpolation, resize_mode
         self.scale = scale
         self.rng = random.Random(seed)
 
@@ -121,8 +129,10 @@ class ImageTransform:
         image = _prepare(image)
         if self.train:
             image = self.random_resized_crop(image, rng or self.rng)
+        elif self.resize_mode == "squash":
+            image = image.resize((self.image_size, self.image_size), _FILTERS[self.interpolation])
         else:
-            image = center_crop(resize_shorter(image, self.image_size), self.image_size)
+            image = center_crop(resize_shorter(image, self.image_size, self.interpolation), self.image_size)
         return _to_tensor(image, self.mean, self.std)
 
     def random_resized_crop(self, image: Image.Image, rng: random.Random) -> Image.Image:
@@ -140,7 +150,7 @@ class ImageTransform:
             cw = ch = min(w, h)
             left, top = (w - cw) // 2, (h - ch) // 2
         crop = image.crop((left, top, left + cw, top + ch))
-        return crop.resize((self.image_size, self.image_size), Image.BICUBIC)
+        return crop.resize((self.image_size, self.image_size), _FILTERS[self.interpolation])
 
     def __repr__(self) -> str:
         return f"ImageTransform(image_size={self.image_size}, train={self.train})"
@@ -149,3 +159,16 @@ class ImageTransform:
 def image_transform(image_size: int, train: bool = False, **kwargs: object) -> Callable[[Image.Image], torch.Tensor]:
     """CLIP preprocessing for `image_size` (eval: resize + centre crop; train: random resized crop)."""
     return ImageTransform(image_size, train=train, **kwargs)  # type: ignore[arg-type]
+
+
+def model_transform(model: object, train: bool = False) -> ImageTransform:
+    """The preprocessing a model (or a model config) was trained with: its input size and its config's
+    `preprocess` (mean, std, interpolation, resize mode); OpenAI's where the config has none."""
+    config = getattr(model, "config", model)
+    size = config.vision.image_size
+    p = getattr(config, "preprocess", None)
+    if p is None:
+        return ImageTransform(size, train=train)
+    return ImageTransform(
+        size, train=train, mean=p.mean, std=p.std, interpolation=p.interpolation, resize_mode=p.resize_mode
+    )

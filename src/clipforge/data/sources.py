@@ -174,9 +174,11 @@ class FilePairs(PairDataset):
         return load_image(path), caption
 
 
-def read_csv_pairs(path: str | Path) -> list[tuple[str, str]]:
-    """Rows of (image, caption). A header naming image/filepath/path and caption/text/title columns is
-    used when present; otherwise the first two columns. Relative paths are relative to the file."""
+def read_csv_pairs(path: str | Path, image_key: str = "", caption_key: str = "") -> list[tuple[str, str]]:
+    """Rows of (image, caption). The columns named `image_key` and `caption_key` if given (an error names
+    the header's columns when they are missing); else a header naming image/filepath/path and
+    caption/text/title columns when present; else the first two columns. Relative paths are relative
+    to the file."""
     path = Path(path)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     rows = list(csv.reader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter))
@@ -185,6 +187,16 @@ def read_csv_pairs(path: str | Path) -> list[tuple[str, str]]:
     header = [h.strip().lower() for h in rows[0]]
     img_col, cap_col = 0, 1
     img_names, cap_names = ("filepath", "image", "path", "file", "image_path"), ("caption", "text", "title")
+    if image_key or caption_key:
+        img_names = (image_key.lower(),) if image_key else img_names
+        cap_names = (caption_key.lower(),) if caption_key else cap_names
+        missing = [
+            k for k, names in ((image_key, img_names), (caption_key, cap_names)) if k and k.lower() not in header
+        ]
+        if missing:
+            raise ConfigError(
+                f"{path} has no column {', '.join(map(repr, missing))}; its columns: {', '.join(rows[0])}"
+            )
     if any(h in img_names for h in header) and any(h in cap_names for h in header):
         img_col = next(i for i, h in enumerate(header) if h in img_names)
         cap_col = next(i for i, h in enumerate(header) if h in cap_names)
@@ -284,9 +296,14 @@ class WebDatasetPairs(IterableDataset):
 
 
 def build_dataset(
-    spec: DataSpec | str, transform: Callable[..., torch.Tensor], image_size: int, seed: int = 0
+    spec: DataSpec | str,
+    transform: Callable[..., torch.Tensor],
+    image_size: int,
+    seed: int = 0,
+    columns: tuple[str, str] = ("", ""),
 ) -> tuple[Dataset, dict[str, int]]:
-    """(dataset, info) for a data spec; info counts problems found while indexing (uncaptioned images)."""
+    """(dataset, info) for a data spec; info counts problems found while indexing (uncaptioned images).
+    `columns` names a CSV's (image, caption) columns; empty names use the header's usual names."""
     spec = parse_data_spec(spec) if isinstance(spec, str) else spec
     if spec.kind == "synthetic":
         o = spec.options
@@ -299,7 +316,7 @@ def build_dataset(
         )
         return SyntheticPairs(world, transform, seed), {}
     if spec.kind == "csv":
-        return FilePairs(read_csv_pairs(spec.location), transform, seed), {}
+        return FilePairs(read_csv_pairs(spec.location, *columns), transform, seed), {}
     if spec.kind == "folder":
         pairs, uncaptioned = read_folder_pairs(spec.location)
         return FilePairs(pairs, transform, seed), {"uncaptioned_images": uncaptioned}

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ..precision import autocast, resolve_precision
 from ..tokenizer import tokenize
-from ..transforms import image_transform
+from ..transforms import model_transform
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -23,7 +23,7 @@ def image_features(
 ) -> torch.Tensor:
     """(N, E) unnormalised fp32 image embeddings of `dataset.image(i)` for every i; `precision` is
     "fp32", "bf16" (autocast) or "auto" (bf16 where the device has it natively)."""
-    transform = image_transform(model.config.vision.image_size)
+    transform = model_transform(model)
     device, feats = _device(model), []
     precision = resolve_precision(precision, device)
     n = len(dataset.images)

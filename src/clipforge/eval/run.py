@@ -13,6 +13,19 @@ from ..errors import ConfigError
 from ..registry import get_system, list_systems, system_of
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: the first GPU if there is one, else the CPU; any other name as torch.device takes it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: this machine has no CUDA GPU")
+    return device
+
+
 def evaluator_names() -> list[str]:
     """Every evaluator name of every registered system (what `clipforge eval --task` accepts)."""
     return list(dict.fromkeys(name for s in list_systems() for name in get_system(s).evaluators))

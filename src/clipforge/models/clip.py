@@ -59,6 +59,7 @@ class CLIP(nn.Module):
         text: text tower, `(B, L)` token ids `-> (B, E)`.
         init_logit_scale: initial log-temperature `t` (the paper: log(1 / 0.07)).
         max_logit_scale: `exp(t)` is clipped to this (the paper: 100).
+        init_logit_bias: initial learned logit bias, for the sigmoid (SigLIP) loss; None: no bias.
         config: the architecture the towers were built from; stored beside the weights by
             `clipforge.save` so `clipforge.load` can rebuild the model (`from_config` sets it).
     """
@@ -70,6 +71,7 @@ class CLIP(nn.Module):
         text: TextTransformer,
         init_logit_scale: float = math.log(1 / 0.07),
         max_logit_scale: float = 100.0,
+        init_logit_bias: float | None = None,
         config: CLIPConfig | None = None,
     ) -> None:
         super().__init__()
@@ -78,6 +80,7 @@ class CLIP(nn.Module):
         self.text = text
         self.max_logit_scale = max_logit_scale
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
+        self.logit_bias = None if init_logit_bias is None else nn.Parameter(torch.tensor(float(init_logit_bias)))
 
     @classmethod
     def from_config(cls, config: CLIPConfig) -> CLIP:
@@ -89,8 +92,18 @@ class CLIP(nn.Module):
             text=text,
             init_logit_scale=config.init_logit_scale,
             max_logit_scale=config.max_logit_scale,
+            init_logit_bias=config.init_logit_bias,
             config=config,
         )
+
+    def add_logit_bias(self, value: float = -10.0) -> None:
+        """Give the model a learned logit bias (for the sigmoid loss), recorded in its config so it is
+        saved and rebuilt with the weights; a model that has one keeps it."""
+        if self.logit_bias is not None:
+            return
+        self.logit_bias = nn.Parameter(torch.tensor(float(value), device=self.logit_scale.device))
+        if self.config is not None:
+            self.config = self.config.replace(init_logit_bias=float(value))
 
     @property
     def image_size(self) -> int:

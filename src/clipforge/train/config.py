@@ -31,8 +31,9 @@ class TrainConfig:
     grad_clip: float | None = setting(1.0, help="max global gradient norm (0 or none: no clipping)")
     precision: str = setting(
         "auto",
-        choices=("auto", "bf16", "fp32"),
-        help="bf16 autocast (loss in fp32), fp32, or auto: bf16 where the hardware multiplies it natively",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        help="bf16 autocast (loss in fp32), fp16 autocast with a gradient scaler (GPUs without bf16), fp32, "
+        "or auto: bf16 where the hardware multiplies it natively, else fp32",
     )
     seed: int = setting(0, help="seed of initialisation, data order and augmentation")
     workers: int = setting(1, help="data-loading processes per rank (0: load in the training process)")
@@ -54,6 +55,7 @@ class TrainConfig:
         False, help="distributed GPU runs: BatchNorm statistics over the global batch (SyncBatchNorm)"
     )
     progress: bool = setting(True, help="progress bar on rank 0")
+    report_to: str = setting("", help="also log metrics to: tensorboard and/or wandb (comma-separated)")
 
     def __post_init__(self) -> None:
         if not isinstance(self.out, str) or not self.out:
@@ -66,8 +68,8 @@ class TrainConfig:
             raise ConfigError(
                 f"batch_size {self.batch_size} must be a positive multiple of accum_steps {self.accum_steps}"
             )
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ConfigError(f"precision must be 'auto', 'bf16', 'fp16' or 'fp32', got {self.precision!r}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.resume and self.overwrite:
@@ -82,6 +84,9 @@ class TrainConfig:
         for name in ("checkpoint_every_steps", "eval_every"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive (or left unset), got {getattr(self, name)!r}")
+        unknown = set(filter(None, (r.strip() for r in self.report_to.split(",")))) - {"tensorboard", "wandb"}
+        if unknown:
+            raise ConfigError(f"report_to takes tensorboard and/or wandb, not {', '.join(sorted(unknown))}")
         if self.workers < 0 or self.warmup is not None and self.warmup < 0 or self.weight_decay < 0:
             raise ConfigError("workers, warmup and weight_decay cannot be negative")
 

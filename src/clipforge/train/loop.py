@@ -10,7 +10,6 @@ back-propagated with its slice of the cached gradient (gradient caching, Gao et 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -22,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
 from .. import distributed as D
 from ..errors import ClipforgeError, TrainingError
-from ..precision import autocast, resolve_precision
+from ..precision import resolve_precision
 from .checkpoint import (
     check_resumable,
     check_run_folder,
@@ -40,6 +38,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .optim import build_optimizer, cosine_schedule
 from .report import MetricsLog, plot_curves
+from .step import Stepper
 from .task import Task
 
 
@@ -60,79 +59,6 @@ class TrainResult:
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _split(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
-    """`parts` equal micro-batches: every tensor (with a batch dimension) and list is sliced."""
-    n = next(len(v) for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim)
-    size = n // parts
-    return [
-        {k: v[i * size : (i + 1) * size] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
-        for i in range(parts)
-    ]
-
-
-class _Stepper:
-    """Computes gradients for one global step (plain or gradient-cached accumulation)."""
-
-    def __init__(
-        self, task: Task, model: nn.Module, cfg: TrainConfig, device: torch.device, precision: str | None = None
-    ) -> None:
-        self.task, self.model, self.cfg, self.device = task, model, cfg, device
-        self.precision = precision or resolve_precision(cfg.precision, device)
-
-    def _forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        with autocast(self.precision, self.device):
-            return self.task.forward(self.model, batch)
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        if self.cfg.accum_steps == 1:
-            losses = self.task.loss(self._forward(batch))
-            sum(losses.values()).backward()
-            return {k: v.detach() for k, v in losses.items()}
-        return self._cached(batch)
-
-    def _cached(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        chunks = _split(batch, self.cfg.accum_steps)
-        with torch.no_grad():
-            cached = [self._forward(c) for c in chunks]
-        leaves = {
-            k: (
-                torch.cat([c[k].float() for c in cached]) if cached[0][k].ndim else cached[0][k].float()
-            ).requires_grad_(True)
-            for k in cached[0]
-        }
-        losses = self.task.loss(leaves)
-        sum(losses.values()).backward()
-        sizes = [len(next(v for v in c.values() if v.ndim)) for c in cached]
-        offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-        no_sync = getattr(self.model, "no_sync", None)
-        statistics = _batchnorm_statistics(self.model)  # the re-run must not count its batches twice
-        for j, chunk in enumerate(chunks):
-            ctx = no_sync() if no_sync is not None and j < len(chunks) - 1 else contextlib.nullcontext()
-            with ctx:
-                out = self._forward(chunk)
-                tensors, grads = [], []
-                for k, leaf in leaves.items():
-                    if leaf.grad is None or not out[k].requires_grad:  # e.g. the output of a frozen part
-                        continue
-                    g = leaf.grad[offsets[j] : offsets[j] + sizes[j]] if leaf.ndim else leaf.grad / len(chunks)
-                    tensors.append(out[k])
-                    grads.append(g.to(out[k].dtype))
-                if tensors:
-                    torch.autograd.backward(tensors, grads)
-        for buffer, value in statistics:
-            buffer.copy_(value)
-        return {k: v.detach() for k, v in losses.items()}
-
-
-def _batchnorm_statistics(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(buffer, copy) of every running statistic BatchNorm would update in this forward."""
-    out = []
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
-            out += [(b, b.clone()) for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-    return out
 
 
 def _next_batch(it: Iterator[dict[str, Any]], workers: int) -> dict[str, Any]:
@@ -193,16 +119,22 @@ class _Trainer:
         warmup = cfg.warmup if cfg.warmup is not None else min(500, max(1, self.total // 20))
         self.scheduler = cosine_schedule(self.optimizer, warmup, self.total)
         self.step, self.skipped_samples, self.skipped_steps = 0, 0, 0
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.stepper = Stepper(task, self.ddp, cfg, self.device, self.precision)
         if self.rank == 0:
             remove_stale_temporaries(self.ckpt_path)  # from a run killed while writing
         if cfg.resume:
             self._restore()
-        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.rank == 0, truncate_after=self.step)
+        self.metrics = MetricsLog(
+            self.out / "metrics.jsonl",
+            enabled=self.rank == 0,
+            truncate_after=self.step,
+            report_to=cfg.report_to,
+            run_config=cfg.to_dict(),
+        )
         self.loader = make_loader(
             dataset, cfg.batch_size, task.collate, self.rank, self.world, cfg.seed, self.step, cfg.workers
         )
-        self.precision = resolve_precision(cfg.precision, self.device)
-        self.stepper = _Stepper(task, self.ddp, cfg, self.device, self.precision)
 
     def _identity(self) -> tuple[str | None, dict[str, Any] | None]:
         """The system name and model config stored with checkpoints (None where unknown)."""
@@ -226,6 +158,8 @@ class _Trainer:
         load_state_dict_checked(self.model, state["model"], str(self.ckpt_path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            self.stepper.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.skipped_samples = int(state.get("skipped_samples", 0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
@@ -239,6 +173,7 @@ class _Trainer:
                     "model": self.model.state_dict(),
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.stepper.scaler.state_dict(),
                     "step": self.step,
                     "rng": rng_state(),
                     "samples_seen": self.step * self.cfg.batch_size,
@@ -264,8 +199,11 @@ class _Trainer:
             self.skipped_steps += 1
             return float("nan"), None
         params = [p for p in self.model.parameters() if p.grad is not None]
+        scaler = self.stepper.scaler
+        scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or float("inf"))
-        self.optimizer.step()
+        scaler.step(self.optimizer)  # skipped (and the scale lowered) where fp16 gradients overflowed
+        scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.task.after_step(self.model)
@@ -319,6 +257,7 @@ class _Trainer:
         del it
         self._save()
         self._evaluate()
+        self.metrics.close()
         if self.rank == 0:
             plot_curves(self.metrics.rows, self.out / "curves.png")
         seconds = time.perf_counter() - t_start

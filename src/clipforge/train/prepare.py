@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ class Run:
     task: Task
     dataset: Dataset | None  # None when asked not to load it
     config: TrainConfig | None  # None when the training settings name no output folder
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None  # validation during training
 
     @property
     def model(self) -> torch.nn.Module:
@@ -85,9 +86,16 @@ def prepare_run(
     settings: Mapping[str, Any] | None = None,
     train: Mapping[str, Any] | None = None,
     load_data: bool = True,
+    pretrained: str | None = None,
+    val_data: str | None = None,
+    val_task: str | None = None,
 ) -> Run:
     """Model, task, data and TrainConfig of a run; explicit arguments win over the recipe's values,
-    which win over the system's defaults. The model and the data are seeded with the training seed."""
+    which win over the system's defaults. The model and the data are seeded with the training seed.
+
+    `pretrained` (a path or a name `clipforge.load` resolves) starts from those weights and their
+    architecture; `val_data` is evaluated with the system's evaluator `val_task` (default: its first)
+    every `eval_every` steps and at the end."""
     system = get_system(system) if isinstance(system, str) else system
     r = recipe_of(system, recipe)
     preset = model or r.model or system.default_preset
@@ -96,10 +104,61 @@ def prepare_run(
         raise ConfigError(f"give training data (--data); for example --data {system.sample_data or 'synthetic'}")
     config_changes, option_changes = split_settings(system, {**r.settings, **(settings or {})})
     train_settings = {**r.train, **(train or {})}
+    if train and "epochs" in train and "steps" not in train:
+        train_settings.pop("steps", None)  # an explicit --epochs replaces the recipe's --steps
+    if train and "steps" in train and "epochs" not in train:
+        train_settings.pop("epochs", None)
     train_config = TrainConfig.from_dict(train_settings) if "out" in train_settings else None
     seed = train_settings.get("seed", 0)
-    config = override(system.preset(preset), config_changes)
     options = override(system.options(), option_changes)
-    task = system.task(build_model(system, config, seed=seed), options)
+    if pretrained:
+        net = _pretrained(system, pretrained, model, config_changes)
+        preset = pretrained
+    else:
+        net = build_model(system, override(system.preset(preset), config_changes), seed=seed)
+    task = system.task(net, options)
     dataset = task.dataset(data, seed=seed) if load_data else None
-    return Run(system, preset, data or "", task, dataset, train_config)
+    evaluate = _validation(system, val_data, val_task) if val_data else None
+    return Run(system, preset, data or "", task, dataset, train_config, evaluate)
+
+
+def _pretrained(system: System, name: str, model: str | None, config_changes: Mapping[str, Any]) -> torch.nn.Module:
+    from ..checkpoints import load
+    from ..registry import system_of
+
+    if model:
+        raise ConfigError("--pretrained and --model both name the architecture; give one")
+    if config_changes:
+        raise ConfigError(
+            f"--pretrained fixes the architecture, so {', '.join(config_changes)} cannot be set (options can)"
+        )
+    net = load(name)
+    if system_of(net) is not system:
+        raise ConfigError(f"{name} holds a {system_of(net).name} model, not {system.name}")
+    return net
+
+
+def _validation(system: System, data: str, task: str | None) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """Runs evaluator `task` of `system` on `data` and flattens its metrics (`fewshot/1-shot/top1`)."""
+    if not system.evaluators:
+        raise ConfigError(f"the {system.name} system has no evaluators to run on --val-data")
+    name = task or next(iter(system.evaluators))
+    if name not in system.evaluators:
+        raise ConfigError(f"unknown {system.name} evaluator {name!r}; choose one of {', '.join(system.evaluators)}")
+    evaluator = system.evaluators[name]
+    defaults = {flag.lstrip("-").replace("-", "_"): kw.get("default") for flag, kw in evaluator.options.items()}
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        out: dict[str, float] = {}
+
+        def flatten(prefix: str, value: Any) -> None:
+            if isinstance(value, Mapping):
+                for k, v in value.items():
+                    flatten(f"{prefix}/{k}" if prefix else str(k), v)
+            elif isinstance(value, (int, float)):
+                out[prefix] = value
+
+        flatten("", evaluator.run(model, data, **{k: v for k, v in defaults.items() if v is not None}))
+        return out
+
+    return evaluate

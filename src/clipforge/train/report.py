@@ -15,10 +15,21 @@ class MetricsLog:
     """Appends rows to `path`. On resume, rows after the resumed step (logged by the run that
     crashed after its last checkpoint) are dropped so each step appears once."""
 
-    def __init__(self, path: Path, enabled: bool = True, truncate_after: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        enabled: bool = True,
+        truncate_after: int | None = None,
+        report_to: str = "",
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
         self.path, self.enabled, self.rows = path, enabled, []
+        self.sinks: list[Any] = []
         if not enabled:
             return
+        self.sinks = [
+            _sink(name.strip(), path.parent, run_config or {}) for name in report_to.split(",") if name.strip()
+        ]
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() and truncate_after is not None and truncate_after > 0:
             for line in path.read_text().splitlines():
@@ -45,6 +56,51 @@ class MetricsLog:
             raise TrainingError(
                 f"could not append to {self.path} ({e.strerror or e}); free space, then rerun with --resume"
             ) from None
+        numbers = {k: v for k, v in clean.items() if k != "step" and isinstance(v, (int, float))}
+        for sink in self.sinks:
+            sink(int(clean.get("step", 0)), numbers)
+
+    def close(self) -> None:
+        """Flush and close the extra sinks (TensorBoard, Weights & Biases)."""
+        for sink in self.sinks:
+            getattr(sink, "close", lambda: None)()
+
+
+class _TensorBoard:
+    def __init__(self, folder: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise TrainingError(
+                "--report-to tensorboard needs the tensorboard package: pip install tensorboard"
+            ) from None
+        self.writer = SummaryWriter(str(folder / "tensorboard"))
+
+    def __call__(self, step: int, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(key if "/" in key else f"train/{key}", value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _WandB:
+    def __init__(self, folder: Path, run_config: dict[str, Any]) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise TrainingError("--report-to wandb needs the wandb package: pip install wandb") from None
+        self.run = wandb.init(project="clipforge", dir=str(folder), config=run_config, name=folder.name)
+
+    def __call__(self, step: int, values: dict[str, float]) -> None:
+        self.run.log(values, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def _sink(name: str, folder: Path, run_config: dict[str, Any]) -> Any:
+    return _TensorBoard(folder) if name == "tensorboard" else _WandB(folder, run_config)
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:

@@ -15,6 +15,7 @@ from ...registry import System, register_system
 from .cli import STUDIES, VERBS
 from .evaluate import EVALUATORS
 from .formats import export_hf, export_openai, import_clip
+from .pretrained import PRETRAINED
 from .recipes import RECIPES
 from .task import CLIPOptions, CLIPTask
 
@@ -42,6 +43,7 @@ SYSTEM = register_system(
         importers=(import_clip,),
         sample_data="synthetic:n=256,size=32",
         describe=_describe,
+        pretrained=PRETRAINED,
     )
 )
 

@@ -53,27 +53,23 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 
 def _zeroshot(args: argparse.Namespace) -> int:
-    import torch
-
     import clipforge
     from clipforge.eval import zero_shot_classifier
+    from clipforge.eval.datasets import LabelledImages
+    from clipforge.eval.features import image_features
+    from clipforge.eval.run import pick_device
 
-    model = (
-        clipforge.load(args.model, act=args.act)
-        if args.model not in clipforge.list_models()
-        else clipforge.create_model(args.model)
-    )
     labels = [l.strip() for l in args.labels.split(",") if l.strip()]
     if len(labels) < 2:
         raise clipforge.ConfigError("give at least two comma-separated --labels")
+    model = clipforge.load(args.model, **({"act": args.act} if args.act else {})).to(pick_device(args.device))
     clf = zero_shot_classifier(model, labels, args.templates)
-    preprocess = clipforge.preprocess(model)
-    results = []
-    for path in args.images:
-        with torch.no_grad():
-            feats = model.encode_image(preprocess(clipforge.load_image(path))[None])
-        top = clf.classify(feats, k=args.top)[0]
-        results.append({"image": path, "predictions": [{"label": l, "prob": round(p, 4)} for l, p in top]})
+    files = LabelledImages(list(args.images), [0] * len(args.images), labels, "images")
+    tops = clf.classify(image_features(model, files, batch_size=args.batch_size), k=args.top)
+    results = [
+        {"image": path, "predictions": [{"label": l, "prob": round(p, 4)} for l, p in top]}
+        for path, top in zip(args.images, tops)
+    ]
     if args.json:
         print(json.dumps(results))
     else:
@@ -85,7 +81,9 @@ def _zeroshot(args: argparse.Namespace) -> int:
 
 def _zeroshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+")
-    p.add_argument("--model", required=True, help="checkpoint path (any supported format) or preset name")
+    p.add_argument(
+        "--model", required=True, help="weights: a checkpoint, hf-hub:ORG/REPO or a pretrained name (shapes, ViT-B-32)"
+    )
     p.add_argument("--labels", required=True, help='comma-separated class names, e.g. "cat,dog,bird"')
     p.add_argument(
         "--templates", default="openai80", help="built-in set (openai80, openai7, photo, bare, ...) or a file"
@@ -93,6 +91,8 @@ def _zeroshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=int, default=3)
     p.add_argument("--act", default=None, choices=["gelu", "quick_gelu"])
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: a GPU if there is one)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
 
 
 def _quickstart(args: argparse.Namespace) -> int:

@@ -19,10 +19,10 @@ from safetensors.torch import save_file
 
 from ..._io import atomic_directory, atomic_write
 from ...checkpoints import Checkpoint, load_state_dict_checked, state_dict_for_saving
-from ...config import CLIPConfig, TextConfig, VisionConfig
+from ...config import OPENAI_MEAN, OPENAI_STD, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 from ...errors import CheckpointError
 from ...models import CLIP
-from ...presets import get_config
+from ...presets import ALIASES, PRESETS, get_config
 from . import hf
 
 _IGNORED_KEYS = {"input_resolution", "context_length", "vocab_size", "text.attn_mask", "attn_mask"}
@@ -86,22 +86,89 @@ def infer_config(sd: dict[str, torch.Tensor], act: str = "quick_gelu") -> CLIPCo
         raise CheckpointError(f"cannot infer the architecture: weight {e.args[0]!r} is missing") from e
 
 
+# OpenAI's names mean QuickGELU in clipforge (as in OpenAI's weights) but GELU in OpenCLIP's own configs
+_AMBIGUOUS = {n for n in PRESETS if not n.endswith("-gelu") and not n.startswith(("tiny-", "small-"))}
+
+
+def config_from_open_clip(d: dict[str, Any]) -> CLIPConfig:
+    """CLIPConfig from an OpenCLIP `open_clip_config.json` (`model_cfg` and `preprocess_cfg`)."""
+    m, p = d.get("model_cfg"), d.get("preprocess_cfg") or {}
+    if not isinstance(m, dict):
+        raise CheckpointError("open_clip_config.json has no model_cfg; it is not an OpenCLIP model folder")
+    v, t = m.get("vision_cfg") or {}, m.get("text_cfg") or {}
+    foreign = [k for k in ("timm_model_name", "hf_model_name", "hf_tokenizer_name") if v.get(k) or t.get(k)]
+    if foreign:
+        raise CheckpointError(
+            f"this OpenCLIP model builds its towers with {', '.join(foreign)}; clipforge builds "
+            "OpenAI-style ViT, ResNet and text towers only"
+        )
+    act = "quick_gelu" if m.get("quick_gelu") else "gelu"
+    layers = v.get("layers", 12)
+    resnet = isinstance(layers, (list, tuple))
+    try:
+        vision = VisionConfig(
+            kind="resnet" if resnet else "vit",
+            image_size=v.get("image_size", 224),
+            width=v.get("width", 64 if resnet else 768),
+            layers=tuple(layers) if resnet else layers,
+            patch_size=v.get("patch_size", 32),
+            head_width=v.get("head_width", 64),
+            mlp_ratio=v.get("mlp_ratio", 4.0),
+            act=act,
+        )
+        width = t.get("width", 512)
+        text = TextConfig(
+            context_length=t.get("context_length", 77),
+            vocab_size=t.get("vocab_size", 49408),
+            width=width,
+            layers=t.get("layers", 12),
+            head_width=width // t.get("heads", 8),
+            mlp_ratio=t.get("mlp_ratio", 4.0),
+            act=act,
+        )
+        preprocess = PreprocessConfig(
+            mean=tuple(p.get("mean", OPENAI_MEAN)),
+            std=tuple(p.get("std", OPENAI_STD)),
+            interpolation=p.get("interpolation", "bicubic"),
+            resize_mode="squash" if p.get("resize_mode") == "squash" else "shortest",
+        )
+        return CLIPConfig(embed_dim=m.get("embed_dim", 512), vision=vision, text=text, preprocess=preprocess)
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise CheckpointError(f"open_clip_config.json is not a CLIP config clipforge can build: {e}") from None
+
+
+def _named_config(ckpt: Checkpoint, model: str) -> CLIPConfig:
+    if model in _AMBIGUOUS or ALIASES.get(model) in _AMBIGUOUS and not model.endswith("-quickgelu"):
+        if not ckpt.torchscript:  # OpenAI released TorchScript archives; a bare state dict may be OpenCLIP's
+            warnings.warn(
+                f"{ckpt.path}: {model!r} is ambiguous for a bare state dict: clipforge's {model} uses QuickGELU "
+                f"(OpenAI's weights), OpenCLIP's {model} uses GELU (its own trainings). Loading with QuickGELU; "
+                f"pass model='{ALIASES.get(model, model)}-gelu' for OpenCLIP-trained weights, or "
+                f"'{ALIASES.get(model, model)}-quickgelu' to say it is OpenAI's.",
+                stacklevel=4,
+            )
+    return get_config(model)
+
+
 def import_clip(ckpt: Checkpoint, model: str | CLIPConfig | None = None, act: str | None = None) -> CLIP | None:
     """A CLIP from a checkpoint in any CLIP layout, or None when the weights are not a CLIP's.
 
     `model` (preset name or CLIPConfig) names the architecture where the weights cannot tell it,
     e.g. `model="ViT-B-32-gelu"` for an OpenCLIP GELU checkpoint. Without it, a config stored with
-    the weights is used, else the architecture is inferred from the shapes with `act` (default
-    QuickGELU, as in OpenAI's weights)."""
+    the weights is used (clipforge's, Hugging Face's, or an OpenCLIP folder's `open_clip_config.json`),
+    else the architecture is inferred from the shapes with `act` (default QuickGELU, as in OpenAI's
+    weights)."""
     sd, layout = _to_clipforge_layout(ckpt.state_dict, str(ckpt.path))
     if not layout:
         return None
     if model is not None:
-        cfg = get_config(model) if isinstance(model, str) else model
+        cfg = _named_config(ckpt, model) if isinstance(model, str) else model
     elif ckpt.flavour == "clipforge" and ckpt.config is not None:
         cfg = CLIPConfig.from_dict(ckpt.config)
     elif ckpt.flavour == "hf" and ckpt.config is not None:
-        cfg = hf.config_from_hf(ckpt.config)
+        cfg = hf.config_from_hf(ckpt.config, ckpt.files.get("preprocessor_config.json"))
+    elif "open_clip_config.json" in ckpt.files:
+        cfg = config_from_open_clip(ckpt.files["open_clip_config.json"])
     else:
         if act is None:
             warnings.warn(
@@ -118,13 +185,19 @@ def import_clip(ckpt: Checkpoint, model: str | CLIPConfig | None = None, act: st
 
 
 def export_hf(model: CLIP, path: Path) -> Path:
-    """A directory that `transformers.CLIPModel.from_pretrained` loads (ViT models only)."""
-    hf_cfg = json.dumps(hf.config_to_hf(model.config), indent=2)
+    """A directory that `transformers.CLIPModel`, `CLIPProcessor` and the zero-shot image classification
+    pipeline load as it is: weights, config, tokenizer files and image processor config (ViT models only)."""
+    files = {
+        "config.json": json.dumps(hf.config_to_hf(model.config), indent=2),
+        "preprocessor_config.json": json.dumps(hf.preprocess_to_hf(model.config), indent=2),
+        **hf.tokenizer_files(model.config.text.context_length),
+    }
     hf_sd = hf.clipforge_to_hf(state_dict_for_saving(model))
 
     def write(folder: Path) -> None:
         save_file(hf_sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
-        (folder / "config.json").write_text(hf_cfg, encoding="utf-8")
+        for name, text in files.items():
+            (folder / name).write_text(text, encoding="utf-8")
 
     return atomic_directory(path, write)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ...config import CLIPConfig, TextConfig, VisionConfig
+from ...config import OPENAI_MEAN, OPENAI_STD, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 from ...errors import CheckpointError
 
 # (HF, clipforge) key prefixes, and infixes inside a transformer block; each pair maps both ways.
@@ -94,8 +94,8 @@ def _act(name: str) -> str:
     return name
 
 
-def config_from_hf(d: dict[str, Any]) -> CLIPConfig:
-    """CLIPConfig from a transformers `CLIPConfig` JSON dict."""
+def config_from_hf(d: dict[str, Any], preprocessor: dict[str, Any] | None = None) -> CLIPConfig:
+    """CLIPConfig from a transformers `CLIPConfig` JSON dict (and its `preprocessor_config.json`)."""
     t, v = d.get("text_config") or {}, d.get("vision_config") or {}
     try:
         tw, vw = t.get("hidden_size", 512), v.get("hidden_size", 768)
@@ -125,6 +125,7 @@ def config_from_hf(d: dict[str, Any]) -> CLIPConfig:
             vision=vision,
             text=text,
             init_logit_scale=d.get("logit_scale_init_value", 2.6592),
+            preprocess=preprocess_from_hf(preprocessor) if preprocessor else PreprocessConfig(),
         )
     except (TypeError, ZeroDivisionError, ValueError) as e:
         raise CheckpointError(f"config.json is not a valid CLIP config: {e}") from e
@@ -172,4 +173,72 @@ def config_to_hf(cfg: CLIPConfig) -> dict[str, Any]:
             "projection_dim": cfg.embed_dim,
             "num_channels": 3,
         },
+    }
+
+
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL's codes, as transformers stores them
+
+
+def preprocess_from_hf(d: dict[str, Any]) -> PreprocessConfig:
+    """The preprocessing of a `preprocessor_config.json` (CLIPImageProcessor)."""
+    try:
+        return PreprocessConfig(
+            mean=tuple(d.get("image_mean", OPENAI_MEAN)),
+            std=tuple(d.get("image_std", OPENAI_STD)),
+            interpolation=_RESAMPLE.get(d.get("resample", 3), "bicubic"),
+            resize_mode="shortest" if d.get("do_center_crop", True) else "squash",
+        )
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"preprocessor_config.json is not a valid CLIP image processor config: {e}") from e
+
+
+def preprocess_to_hf(cfg: CLIPConfig) -> dict[str, Any]:
+    """`preprocessor_config.json` for transformers' CLIPImageProcessor, matching clipforge's preprocessing."""
+    p, size = cfg.preprocess, cfg.vision.image_size
+    squash = p.resize_mode == "squash"
+    return {
+        "image_processor_type": "CLIPImageProcessor",
+        "processor_class": "CLIPProcessor",
+        "do_resize": True,
+        "size": {"height": size, "width": size} if squash else {"shortest_edge": size},
+        "resample": {v: k for k, v in _RESAMPLE.items()}[p.interpolation],
+        "do_center_crop": not squash,
+        "crop_size": {"height": size, "width": size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(p.mean),
+        "image_std": list(p.std),
+        "do_convert_rgb": True,
+    }
+
+
+def tokenizer_files(context_length: int) -> dict[str, str]:
+    """The files of transformers' CLIPTokenizer for OpenAI's BPE (vocabulary and merges from clipforge's
+    own copy), so `CLIPProcessor.from_pretrained` loads a saved folder without any download."""
+    import json
+
+    from ...tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    merges = sorted(tok.bpe_ranks, key=tok.bpe_ranks.get)
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    }
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": context_length,
+        "do_lower_case": True,
+        "errors": "replace",
+        "processor_class": "CLIPProcessor",
+        **special,
+    }
+    return {
+        "vocab.json": json.dumps(tok.encoder, ensure_ascii=False),
+        "merges.txt": "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
+        "tokenizer_config.json": json.dumps(config, indent=2),
+        "special_tokens_map.json": json.dumps(special, indent=2),
     }

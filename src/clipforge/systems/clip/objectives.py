@@ -222,7 +222,7 @@ class _ObjectiveTask(Task):
 
     def dataset(self, spec: str, seed: int = 0) -> Dataset:
         """Image-caption pairs, as for CLIP."""
-        return image_text_dataset(spec, self.model.config.vision.image_size, seed)
+        return image_text_dataset(spec, self.model.config, seed)
 
     def collate(self, items: list[Any]) -> dict[str, Any]:
         """Images stacked, captions tokenised, as for CLIP."""

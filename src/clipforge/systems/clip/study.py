@@ -148,7 +148,7 @@ def run_efficiency_study(
     out = Path(out)
     config = get_config(model)
     size = config.vision.image_size
-    dataset = image_text_dataset(data, size, seed)
+    dataset = image_text_dataset(data, config, seed)
     vocab = Vocabulary.from_captions(_caption_sample(dataset, 5000), context_length=config.text.context_length)
     evalsets = {name: labelled_dataset(spec, "test", size) for name, spec in eval_data.items()}
     primary = next(iter(evalsets))

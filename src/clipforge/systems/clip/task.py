@@ -11,14 +11,15 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from ...config import CLIPConfig
 from ...data import build_dataset
 from ...data.loader import ImageTextCollate
 from ...distributed import is_distributed, rank
-from ...losses import clip_loss
+from ...losses import clip_loss, siglip_loss
 from ...models import CLIP
 from ...settings import setting
 from ...train.task import Task
-from ...transforms import image_transform
+from ...transforms import model_transform
 
 
 @dataclass(frozen=True)
@@ -31,17 +32,26 @@ class CLIPOptions:
     lock_text_unlocked: int = setting(0, help="...but train its last N blocks and head")
     local_loss: bool = setting(True, help="distributed: each rank scores its own rows against the global batch")
     grad_checkpointing: bool = setting(False, help="recompute activations in backward (less memory, more compute)")
+    loss: str = setting(
+        "clip", choices=("clip", "siglip"), help="contrastive softmax (CLIP) or sigmoid (SigLIP; adds a logit bias)"
+    )
+    csv_image_key: str = setting("", help="CSV/TSV column of image paths (default: filepath/image/path/...)")
+    csv_caption_key: str = setting("", help="CSV/TSV column of captions (default: caption/text/title)")
 
     def __post_init__(self) -> None:
         from ...errors import ConfigError
 
         if self.lock_image_unlocked < 0 or self.lock_text_unlocked < 0:
             raise ConfigError("lock_image_unlocked and lock_text_unlocked cannot be negative")
+        if self.loss not in ("clip", "siglip"):
+            raise ConfigError(f"loss must be 'clip' or 'siglip', got {self.loss!r}")
 
 
-def image_text_dataset(spec: str, image_size: int, seed: int = 0) -> Dataset:
-    """Training pairs of a `--data` spec, augmented for training at `image_size`."""
-    dataset, info = build_dataset(spec, image_transform(image_size, train=True), image_size, seed=seed)
+def image_text_dataset(spec: str, config: CLIPConfig, seed: int = 0, columns: tuple[str, str] = ("", "")) -> Dataset:
+    """Training pairs of a `--data` spec, augmented for training with the config's preprocessing;
+    `columns` names a CSV's image and caption columns where the header's own names are not the usual."""
+    size = config.vision.image_size
+    dataset, info = build_dataset(spec, model_transform(config, train=True), size, seed=seed, columns=columns)
     if info.get("uncaptioned_images") and rank() == 0:
         print(f"note: {info['uncaptioned_images']} images have no caption file and are not used", file=sys.stderr)
     return dataset
@@ -56,7 +66,8 @@ class CLIPTask(Task):
 
     def dataset(self, spec: str, seed: int = 0) -> Dataset:
         """Image-caption pairs: synthetic world, CSV/TSV, caption folder or WebDataset shards."""
-        return image_text_dataset(spec, self.model.config.vision.image_size, seed)
+        o = self.options
+        return image_text_dataset(spec, self.model.config, seed, (o.csv_image_key, o.csv_caption_key))
 
     def collate(self, items: list[Any]) -> dict[str, Any]:
         """Images stacked, captions tokenised and trimmed to the batch's longest."""
@@ -70,14 +81,27 @@ class CLIPTask(Task):
         if o.lock_text:
             model.lock("text", o.lock_text_unlocked)
         model.set_grad_checkpointing(o.grad_checkpointing)
+        if o.loss == "siglip":
+            model.add_logit_bias(-10.0)  # SigLIP's initial bias: most pairs are negatives
 
     def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Normalised image and text embeddings (B, E) and the scale."""
         out = model(batch["images"], batch["tokens"])
-        return {"image": out.image_embeds, "text": out.text_embeds, "scale": out.logit_scale}
+        outputs = {"image": out.image_embeds, "text": out.text_embeds, "scale": out.logit_scale}
+        bias = getattr(model, "module", model).logit_bias  # DDP wraps the model
+        if bias is not None:
+            outputs["bias"] = bias
+        return outputs
 
     def loss(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The symmetric contrastive loss over the global batch's negatives."""
+        """The symmetric contrastive loss over the global batch's negatives (or the sigmoid loss)."""
+        if self.options.loss == "siglip":
+            bias = outputs["bias"]
+            return {
+                "sigmoid": siglip_loss(
+                    outputs["image"], outputs["text"], outputs["scale"], bias, gather=is_distributed()
+                )
+            }
         loss = clip_loss(
             outputs["image"],
             outputs["text"],
