@@ -36,3 +36,48 @@ def openai_tokenizer():
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+# Runs the `clipforge` command and prints a line after each checkpoint is written, so a test can act on
+# that event instead of polling the disk.
+_ANNOUNCING_CLI = """
+import sys
+import clipforge.train.loop as loop
+save = loop.save_training_state
+def announce(path, state):
+    save(path, state)
+    print("checkpoint", state["step"], flush=True)
+loop.save_training_state = announce
+from clipforge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture
+def kill_after_checkpoint():
+    """`kill(args, step, env)`: run `clipforge *args`, SIGKILL it right after the checkpoint of `step`
+    (or a later one) is on disk, and return the exit status (a watchdog kills a hung child)."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    def kill(args, step, env=None):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _ANNOUNCING_CLI, *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env or {**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        watchdog = threading.Timer(600, proc.kill)  # only if the child hangs; the caller waits on events
+        watchdog.start()
+        for line in proc.stdout:
+            if line.startswith("checkpoint") and int(line.split()[1]) >= step:
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait()
+        watchdog.cancel()
+        return proc.returncode
+
+    return kill

@@ -142,3 +142,17 @@ def test_damaged_checkpoint_configs(capsys, tmp_path, ckpt):
     (hf / "config.json").write_text(json.dumps(cfg))
     _one_line_error(capsys, ["convert", str(hf), str(tmp_path / "o.safetensors")], "hidden_act 'swish'")
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_damaged_safetensors_metadata(capsys, tmp_path, ckpt):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(ckpt)
+    for meta, expected in [
+        ({"clipforge_config": "{not json"}, "metadata is not valid JSON"),
+        ({"clipforge_config": "[1, 2]"}, "the file is damaged"),
+        ({"clipforge_config": json.dumps({"embed_dim": 64}), "clipforge_system": "nope"}, "unknown system 'nope'"),
+    ]:
+        bad = tmp_path / "bad.safetensors"
+        save_file(tensors, str(bad), metadata=meta)
+        _one_line_error(capsys, ["convert", str(bad), str(tmp_path / "o.safetensors")], expected)

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 import torch
@@ -114,39 +113,12 @@ def test_finetune_from_shapes_with_validation_and_tensorboard(pairs, tmp_path):
     assert model.config == clipforge.load("shapes").config
 
 
-_ANNOUNCING_CLI = """
-import sys
-import clipforge.train.loop as loop
-save = loop.save_training_state
-def announce(path, state):
-    save(path, state)
-    print("checkpoint", state["step"], flush=True)
-loop.save_training_state = announce
-from clipforge.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def test_finetuning_resumes_exactly_after_sigkill(pairs, tmp_path):
+def test_finetuning_resumes_exactly_after_sigkill(pairs, tmp_path, kill_after_checkpoint):
     extra = ("--checkpoint-every-steps", "4")
     ref = _cli(*_args(tmp_path / "ref", pairs, 16, *extra))
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _ANNOUNCING_CLI, *_args(out, pairs, 16, *extra)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=ENV,
-    )
-    watchdog = threading.Timer(600, proc.kill)
-    watchdog.start()
-    for line in proc.stdout:
-        if line.startswith("checkpoint") and int(line.split()[1]) >= 8:
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait()
-    watchdog.cancel()
+    assert kill_after_checkpoint(_args(out, pairs, 16, *extra), 8, ENV) == -signal.SIGKILL
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 8
     resumed = _cli(*_args(out, pairs, 16, *extra, "--resume"))
     assert resumed.returncode == 0, resumed.stderr

@@ -339,43 +339,13 @@ def test_two_process_gloo_matches_one_process(tmp_path):
         torch.testing.assert_close(w2[k], w1[k], atol=2e-5, rtol=1e-4, msg=k)
 
 
-# Runs the CLI and prints a line after each checkpoint is written, so the test can act on the event.
-_ANNOUNCING_CLI = """
-import sys
-import clipforge.train.loop as loop
-save = loop.save_training_state
-def announce(path, state):
-    save(path, state)
-    print("checkpoint", state["step"], flush=True)
-loop.save_training_state = announce
-from clipforge.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def test_sigkill_and_resume_gives_the_same_weights(tmp_path):
-    import threading
-
+def test_sigkill_and_resume_gives_the_same_weights(tmp_path, kill_after_checkpoint):
     steps = 30
     args = ("--precision", "fp32", "--checkpoint-every-steps", "3")
     ref = _cli(*_train_args(tmp_path / "ref", "synthetic:n=1000", steps, *args))
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _ANNOUNCING_CLI, *_train_args(out, "synthetic:n=1000", steps, *args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    watchdog = threading.Timer(600, proc.kill)  # only if the child hangs; the test itself waits on events
-    watchdog.start()
-    for line in proc.stdout:
-        if line.startswith("checkpoint") and int(line.split()[1]) >= 9:
-            proc.send_signal(signal.SIGKILL)  # right after the checkpoint of step 9 is on disk
-            break
-    proc.wait()
-    watchdog.cancel()
+    assert kill_after_checkpoint(_train_args(out, "synthetic:n=1000", steps, *args), 9) == -signal.SIGKILL
     ckpt = out / "checkpoints" / "last.pt"
     killed_at = torch.load(ckpt, weights_only=True)["step"]
     assert 9 <= killed_at < steps, "the run was not killed mid-way"

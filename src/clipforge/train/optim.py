@@ -1,4 +1,4 @@
-"""AdamW with the CLIP paper's parameter groups, cosine schedule with warm-up, tower locking."""
+"""AdamW with the CLIP paper's parameter groups, and the cosine schedule with warm-up."""
 
 from __future__ import annotations
 
@@ -44,23 +44,3 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def lock_tower(tower: nn.Module, unlocked: int = 0) -> None:
-    """Freeze a tower except its last `unlocked` blocks (ViT/text) or stages (ResNet) and its head."""
-    for p in tower.parameters():
-        p.requires_grad_(False)
-    if unlocked <= 0:
-        return
-    if hasattr(tower, "transformer"):
-        groups: list[nn.Module] = list(tower.transformer.resblocks)
-        heads = [getattr(tower, n) for n in ("ln_post", "ln_final") if hasattr(tower, n)]
-        params = [getattr(tower, n) for n in ("proj", "text_projection") if hasattr(tower, n)]
-    else:  # ModifiedResNet
-        groups = [tower.layer1, tower.layer2, tower.layer3, tower.layer4]
-        heads, params = [tower.attnpool], []
-    for module in groups[-unlocked:] + heads:
-        for p in module.parameters():
-            p.requires_grad_(True)
-    for p in params:
-        p.requires_grad_(True)
