@@ -167,3 +167,11 @@ def test_an_unsafe_torch_refuses_to_unpickle(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "__version__", "2.5.1")
     with pytest.raises(CheckpointError, match="torch>=2.10"):
         clipforge.load(path)
+
+
+def test_a_module_graph_that_reaches_one_module_twice_is_refused(tmp_path):
+    """Shared modules would let a few kilobytes multiply the walk (each level doubling it)."""
+    inner = g("__torch__.M", "M") + b")\x81q\x01}" + s("w") + tensor("0", 4) + b"sb"  # memoised as 1
+    shared = g("__torch__.M", "M") + b")\x81}" + s("a") + inner + b"s" + s("b") + b"h\x01sb"
+    with pytest.raises(CheckpointError, match="twice"):
+        read_torchscript_state_dict(archive(tmp_path / "dag.pt", shared, {"0": FOUR_FLOATS}))

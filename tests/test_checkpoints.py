@@ -172,3 +172,36 @@ def test_directory_without_weights(tmp_path):
 def test_unknown_save_format(tmp_path):
     with pytest.raises(clipforge.CheckpointError, match="unknown format"):
         clipforge.save(_model(), tmp_path / "x", format="onnx")
+
+
+def test_a_failed_directory_save_keeps_the_old_directory(tmp_path, monkeypatch):
+    import os
+
+    folder = tmp_path / "model"
+    clipforge.save(_model(), folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    calls = []
+    real = os.replace
+
+    def second_move_fails(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # moving the new folder in
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_move_fails)
+    with pytest.raises(clipforge.CheckpointError, match="could not write"):
+        clipforge.save(clipforge.create_model("tiny-vit", seed=5), folder)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing else left behind
+
+
+def test_a_sigmoid_loss_model_round_trips_in_the_openai_layout(tmp_path):
+    model = _model()
+    model.add_logit_bias(-7.5)
+    clipforge.save(model, tmp_path / "s.pt", format="openai")
+    back = clipforge.load(tmp_path / "s.pt", model=model.config.replace(init_logit_bias=None))
+    assert back.config.init_logit_bias == -7.5 and float(back.logit_bias.detach()) == -7.5
+    with pytest.raises(clipforge.CheckpointError, match="no logit bias"):
+        clipforge.save(model, tmp_path / "hf", format="hf")

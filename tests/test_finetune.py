@@ -101,14 +101,14 @@ def test_finetune_from_shapes_with_validation_and_tensorboard(pairs, tmp_path):
     losses = [row["loss"] for row in rows if "loss" in row]
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses  # the new phrasing is learnt
     evals = [row for row in rows if "eval/top1" in row]
-    assert [row["step"] for row in evals] == [10, 20, 30]
+    assert [row["step"] for row in evals] == [0, 10, 20, 30]  # the starting point, then every 10 steps
     assert all(row["eval/top1"] > 0.6 and "eval/acc1" in row for row in evals)  # shapes' held-out skill holds
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     assert {"train/loss", "eval/top1"} <= set(events.Tags()["scalars"])
-    assert [e.step for e in events.Scalars("eval/top1")] == [10, 20, 30]
+    assert [e.step for e in events.Scalars("eval/top1")] == [0, 10, 20, 30]
     model = clipforge.load(out / "model.safetensors")
     assert model.config == clipforge.load("shapes").config
 

@@ -337,3 +337,24 @@ def test_system_contract_save_load_train_resume(toy, system_name, tmp_path):
     assert result.step == 4
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
+
+
+def test_a_system_whose_names_clash_is_refused(toy):
+    import dataclasses
+
+    from clipforge.registry import unregister_system
+
+    clash = dataclasses.replace(TOY, name="toy2", verbs=(Verb("demo", "x", lambda p: None, lambda a: 0),))
+    with pytest.raises(ConfigError, match="demo"):
+        register_system(clash)
+
+    @dataclass(frozen=True)
+    class BadOptions:
+        lr: float = 0.1  # would shadow the trainer's --lr
+
+    with pytest.raises(ConfigError, match="lr"):
+        register_system(dataclasses.replace(TOY, name="toy3", options=BadOptions, verbs=(), studies={}))
+    with pytest.raises(ConfigError, match="toy-study"):
+        register_system(dataclasses.replace(TOY, name="toy4", verbs=()))
+    unregister_system("toy2")
+    assert "toy2" not in list_systems() and "toy3" not in list_systems()

@@ -337,6 +337,12 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     w1, w2 = _weights(tmp_path / "one" / "model.safetensors"), _weights(tmp_path / "two" / "model.safetensors")
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], atol=2e-5, rtol=1e-4, msg=k)
+    # every rank accepts --overwrite of the earlier run in its folder
+    again = subprocess.run(
+        [*cmd, "--overwrite"], capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [r["step"] for r in _rows(tmp_path / "two")] == [1, 2, 3, 4]
 
 
 def test_sigkill_and_resume_gives_the_same_weights(tmp_path, kill_after_checkpoint):
@@ -375,7 +381,18 @@ def test_a_finished_run_is_neither_overwritten_nor_silently_restarted(tmp_path):
     assert other.returncode == 2 and "text.layers: 2 -> 3" in other.stderr
     lr = _cli(*_train_args(out, "synthetic:n=200", 4, "--resume", "--lr", "0.1"))
     assert lr.returncode == 2 and "lr: 0.0005 -> 0.1" in lr.stderr
+    locked = _cli(*_train_args(out, "synthetic:n=200", 4, "--resume", "--lock-image"))
+    assert locked.returncode == 2 and "optimiser state does not fit" in locked.stderr
+    assert "Traceback" not in locked.stderr
+    clip = _cli(*_train_args(out, "synthetic:n=200", 4, "--resume", "--grad-clip", "0.5"))
+    assert clip.returncode == 2 and "grad_clip: 1.0 -> 0.5" in clip.stderr
     longer = _cli(*_train_args(out, "synthetic:n=200", 4, "--resume"))
     assert longer.returncode == 0 and "steps: 2 -> 4" in longer.stderr
     assert _cli(*_train_args(out, "synthetic:n=200", 2, "--overwrite")).returncode == 0
     assert [r["step"] for r in _rows(out)] == [1, 2]
+
+
+def test_bad_validation_data_fails_before_training(tmp_path):
+    r = _cli(*_train_args(tmp_path / "v", "synthetic:n=200", 50, "--val-data", "synthetic:label=size"))
+    assert r.returncode == 2 and "synthetic label must be one of" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "v" / "checkpoints" / "last.pt").exists()  # it stopped at step 0

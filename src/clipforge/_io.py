@@ -34,20 +34,26 @@ def stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def atomic_directory(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_dir)` on a fresh directory beside `path`, then swap it in for `path`: readers see
-    the old directory or the new one, and a writer killed mid-way leaves only a `.NAME.*.tmp` folder."""
+    """Call `write(tmp_dir)` on a fresh directory beside `path`, then swap it in for `path`. A failed or
+    killed write leaves the old directory as it was (and at most a `.NAME.*.tmp` folder). Directories
+    cannot be swapped in one step: between moving the old one aside (to `.NAME.old`) and moving the new
+    one in, `path` is briefly absent; if that second move fails, the old one is put back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     old = path.parent / f".{path.name}.old"
+    moved = False
     try:
         write(tmp)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes the folder private; give it the usual permissions
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
+            moved = True
         os.replace(tmp, path)
     except BaseException:
+        if moved and not path.exists():
+            os.replace(old, path)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)

@@ -85,11 +85,13 @@ def _train(argv: Sequence[str]) -> int:
     from .registry import DEFAULT_SYSTEM, get_system
     from .settings import parse_assignments
     from .train import train
-    from .train.prepare import prepare_run
+    from .train.prepare import prepare_run, recipe_of
 
     named = bool(argv) and not argv[0].startswith("-")
     system = get_system(argv[0] if named else DEFAULT_SYSTEM)
     ns = _train_parser(system).parse_args(argv[1:] if named else argv)
+    if "out" not in given(ns, "train.") and "out" not in recipe_of(system, ns.recipe).train:
+        raise ConfigError("give an output folder (--out)")  # before any weights are fetched or data read
     settings = {**given(ns, "option."), **parse_assignments(ns.set)}
     run = prepare_run(
         system,
@@ -135,15 +137,12 @@ def _load_options(args: argparse.Namespace) -> dict[str, str]:
 
 def _eval(args: argparse.Namespace) -> int:
     from .checkpoints import load
-    from .eval.run import format_table, pick_device, run_eval, write_json
+    from .eval.run import evaluator_options, format_table, pick_device, run_eval, write_json
     from .registry import system_of
 
     model = load(args.model, **_load_options(args)).to(pick_device(args.device))
     evaluator = system_of(model).evaluators.get(args.task)
-    options = {}
-    if evaluator is not None:
-        options = {flag.lstrip("-").replace("-", "_"): None for flag in evaluator.options}
-        options = {k: getattr(args, k) for k in options}
+    options = evaluator_options(evaluator, lambda key, _: getattr(args, key, None)) if evaluator else {}
     result = run_eval(model, args.task, args.data, model_name=args.model, **options)
     print(format_table(result))
     if args.out:

@@ -2,7 +2,8 @@
 
 - `cache_dir()`: `$CLIPFORGE_CACHE`, else `$XDG_CACHE_HOME/clipforge`, else `~/.cache/clipforge`.
 - `download(url, sha256, ...)`: a file fetched once into the cache, its SHA-256 checked before it is
-  moved into place (a mismatch or an interrupted download leaves nothing behind).
+  moved into place (a mismatch or a failed download leaves nothing behind; the part-file of a killed
+  one is removed by the next attempt).
 - `hub_folder("ORG/REPO")`: the files of an OpenCLIP or transformers CLIP repository, fetched through
   `huggingface_hub` into its standard cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`).
 
@@ -88,6 +89,8 @@ def download(url: str, sha256: str, filename: str, subdir: str = "", progress: b
     from tqdm import tqdm
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{filename}.*.part"):  # left by a download that was killed
+        stale.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{filename}.", suffix=".part")
     tmp = Path(tmp_name)
     h = hashlib.sha256()

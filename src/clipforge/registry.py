@@ -26,6 +26,9 @@ from .errors import ConfigError, UnknownModelError
 
 BUILTIN_SYSTEMS = ("clipforge.systems.clip",)
 DEFAULT_SYSTEM = "clip"  # what `clipforge train` trains when it names no system
+CORE_VERBS = ("train", "eval", "models", "convert", "data", "study")
+# `clipforge train` options of its own; a system's options generate flags beside them and TrainConfig's
+TRAIN_COMMAND_OPTIONS = ("recipe", "model", "data", "set", "pretrained", "val_data", "val_task")
 ENTRY_POINT_GROUP = "clipforge.systems"
 
 
@@ -47,14 +50,15 @@ class Verb:
 
 @dataclass(frozen=True)
 class Evaluator:
-    """A benchmark `clipforge eval --task NAME` runs: `run(model, data, args) -> {"metric": value}`.
+    """A benchmark `clipforge eval --task NAME` runs: `run(model, data, **options) -> {"metric": value}`.
 
     `options` maps extra `clipforge eval` flags to their argparse keywords (e.g. `{"--templates": {...}}`);
-    flags several evaluators share are declared once."""
+    each flag reaches `run` as the keyword of its name (`--batch-size` -> `batch_size`); flags several
+    evaluators share are declared once."""
 
     name: str
     help: str
-    run: Callable[[Any, str, argparse.Namespace], dict[str, Any]]
+    run: Callable[..., dict[str, Any]]
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
@@ -146,8 +150,25 @@ def register_system(system: System, *, replace: bool = False) -> System:
         raise ConfigError(f"register_system takes a clipforge.registry.System, got {type(system).__name__}")
     if system.name in _SYSTEMS and not replace and _SYSTEMS[system.name] is not system:
         raise ConfigError(f"a system named {system.name!r} is already registered (pass replace=True to override)")
+    _check_names(system)
     _SYSTEMS[system.name] = system
     return system
+
+
+def _check_names(system: System) -> None:
+    """A system's commands, studies and option flags must not collide with the core's or another
+    system's: one bad plug-in must not break the `clipforge` command for everyone."""
+    from .train.config import TrainConfig
+
+    others = [s for s in _SYSTEMS.values() if s.name != system.name]
+    taken = {*CORE_VERBS, *(v.name for s in others for v in s.verbs)}
+    studies = {*(n for s in others for n in s.studies), *(s.name for s in others)}
+    clashes = [v.name for v in system.verbs if v.name in taken]
+    clashes += [n for n in [*system.studies, system.name] if n in studies]
+    flags = {f.name for f in dataclasses.fields(TrainConfig)} | set(TRAIN_COMMAND_OPTIONS)
+    clashes += [f.name for f in dataclasses.fields(system.options) if f.name in flags]
+    if clashes:
+        raise ConfigError(f"system {system.name!r}: names already taken by clipforge or another system: {clashes}")
 
 
 def unregister_system(name: str) -> None:

@@ -127,8 +127,10 @@ class _Unpickler(pickle.Unpickler):
 
 def _flatten(root: _ScriptObject) -> dict[str, torch.Tensor]:
     """Every tensor attribute of the module tree, keyed like `state_dict()` (depth first, in attribute
-    order); walked without recursion, refusing a tree that refers back to itself."""
+    order); walked without recursion, refusing a module reached twice (a tree that refers back to
+    itself, or a crafted graph whose shared modules would multiply the walk)."""
     out: dict[str, torch.Tensor] = {}
+    seen = {id(root)}
     stack = [(iter(list(vars(root).items())), "", [id(root)])]
     while stack:
         items, prefix, path = stack[-1]
@@ -138,6 +140,9 @@ def _flatten(root: _ScriptObject) -> dict[str, torch.Tensor]:
             elif isinstance(value, _ScriptObject):
                 if id(value) in path:
                     raise CheckpointError(f"TorchScript archive's module {prefix}{name} contains itself; refused")
+                if id(value) in seen:
+                    raise CheckpointError(f"TorchScript archive reaches module {prefix}{name} twice; refused")
+                seen.add(id(value))
                 if len(path) >= _MAX_DEPTH:
                     raise CheckpointError(f"TorchScript archive nests modules more than {_MAX_DEPTH} deep; refused")
                 stack.append((iter(list(vars(value).items())), f"{prefix}{name}.", [*path, id(value)]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 
 from .._io import atomic_write
 from ..errors import ConfigError
-from ..registry import get_system, list_systems, system_of
+from ..registry import Evaluator, get_system, list_systems, system_of
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -24,6 +25,18 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: this machine has no CUDA GPU")
     return device
+
+
+def evaluator_options(evaluator: Evaluator, value: Callable[[str, dict[str, Any]], Any]) -> dict[str, Any]:
+    """The keyword options to call `evaluator.run` with: each declared flag (`--batch-size`) becomes its
+    keyword (`batch_size`) with `value(keyword, argparse_kwargs)`; options left as None are not passed."""
+    out = {}
+    for flag, kwargs in evaluator.options.items():
+        keyword = flag.lstrip("-").replace("-", "_")
+        v = value(keyword, dict(kwargs))
+        if v is not None:
+            out[keyword] = v
+    return out
 
 
 def evaluator_names() -> list[str]:

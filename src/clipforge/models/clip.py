@@ -75,6 +75,12 @@ class CLIP(nn.Module):
         config: CLIPConfig | None = None,
     ) -> None:
         super().__init__()
+        if config is not None and (
+            config.max_logit_scale != max_logit_scale or (config.init_logit_bias is None) != (init_logit_bias is None)
+        ):
+            raise ValueError(
+                "config disagrees with max_logit_scale / init_logit_bias; build the model with from_config"
+            )
         self.config = config
         self.visual = visual
         self.text = text

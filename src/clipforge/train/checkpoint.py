@@ -46,24 +46,42 @@ def load_training_state(path: Path) -> dict[str, Any]:
 
 
 def rng_state() -> dict[str, Any]:
-    """The torch and Python random states, to store in a checkpoint."""
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+    """The torch (CPU and every GPU) and Python random states, to store in a checkpoint."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore states saved by `rng_state`."""
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
 
 
 # TrainConfig fields that decide a run's trajectory: resuming with other values would not continue it
-_TRAJECTORY = ("batch_size", "seed", "lr", "weight_decay", "beta1", "beta2", "eps", "warmup", "optimizer")
+_TRAJECTORY = (
+    "batch_size",
+    "seed",
+    "lr",
+    "weight_decay",
+    "beta1",
+    "beta2",
+    "eps",
+    "warmup",
+    "optimizer",
+    "grad_clip",
+    "precision",
+)
 
 
 def check_run_folder(out: Path, ckpt_path: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to lose work: a folder that holds an earlier run is neither overwritten without
-    `overwrite` nor silently restarted when `resume` finds no checkpoint."""
+    `overwrite` nor silently restarted when `resume` finds no checkpoint. Deletes nothing (the trainer
+    removes an overwritten run's checkpoint once every other check has passed)."""
     earlier = ckpt_path.exists() or (out / "metrics.jsonl").exists()
     if resume and not ckpt_path.exists():
         raise TrainingError(f"--resume: no checkpoint at {ckpt_path}; drop --resume to start a new run in {out}")
@@ -72,8 +90,6 @@ def check_run_folder(out: Path, ckpt_path: Path, resume: bool, overwrite: bool) 
             f"{out} holds an earlier run; pass --resume to continue it, --overwrite to replace it, "
             "or choose another --out"
         )
-    if not resume and overwrite:
-        ckpt_path.unlink(missing_ok=True)
 
 
 def check_resumable(
@@ -82,9 +98,11 @@ def check_resumable(
     system: str | None,
     model_config: dict[str, Any] | None,
     path: Path,
+    options: dict[str, Any] | None = None,
 ) -> list[str]:
     """Compare a checkpoint's stored run with the one asked for; raise TrainingError where resuming
-    could not continue it, and return notes on harmless differences (a longer or shorter schedule)."""
+    could not continue it (another system, model config or optimisation setting), and return notes on
+    the differences it can continue with (a longer or shorter schedule, other task options)."""
     stored_system, stored_model = state.get("system"), state.get("model_config")
     if stored_system is not None and system is not None and stored_system != system:
         raise TrainingError(f"{path} is a {stored_system} run, not {system}; use another --out or --overwrite")
@@ -105,11 +123,17 @@ def check_resumable(
             f"{path} was trained with other settings ({'; '.join(bad)}); resume with the same values, "
             "or pass --overwrite to start over"
         )
-    return [
-        f"{k}: {stored[k]!r} -> {train_config.get(k)!r}"
+    notes = [
+        f"a different schedule length ({k}: {stored[k]!r} -> {train_config.get(k)!r})"
         for k in ("steps", "epochs")
         if k in stored and stored[k] != train_config.get(k)
     ]
+    # other task options may be changed (a run that trains other parameters is refused when the
+    # optimiser state does not fit); say which
+    stored_options = state.get("task_options")
+    if stored_options is not None and options is not None and stored_options != options:
+        notes.append(f"other options ({'; '.join(_differences(stored_options, options)[:6])})")
+    return notes
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:

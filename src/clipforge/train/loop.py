@@ -104,7 +104,7 @@ class _Trainer:
         torch.manual_seed(cfg.seed)
         self.out = Path(cfg.out)
         self.ckpt_path = self.out / "checkpoints" / "last.pt"
-        check_run_folder(self.out, self.ckpt_path, cfg.resume, cfg.overwrite and self.rank == 0)
+        check_run_folder(self.out, self.ckpt_path, cfg.resume, cfg.overwrite)
         self.total = _total_steps(cfg, dataset)
         self.model = task.model.to(self.device)
         task.configure(self.model)
@@ -123,6 +123,8 @@ class _Trainer:
         self.stepper = Stepper(task, self.ddp, cfg, self.device, self.precision)
         if self.rank == 0:
             remove_stale_temporaries(self.ckpt_path)  # from a run killed while writing
+            if cfg.overwrite:  # every check has passed: the earlier run's checkpoint goes
+                self.ckpt_path.unlink(missing_ok=True)
         if cfg.resume:
             self._restore()
         self.metrics = MetricsLog(
@@ -136,8 +138,8 @@ class _Trainer:
             dataset, cfg.batch_size, task.collate, self.rank, self.world, cfg.seed, self.step, cfg.workers
         )
 
-    def _identity(self) -> tuple[str | None, dict[str, Any] | None]:
-        """The system name and model config stored with checkpoints (None where unknown)."""
+    def _identity(self) -> dict[str, Any]:
+        """The system name, model config and task options stored with checkpoints (None where unknown)."""
         from .. import settings
         from ..registry import system_of
 
@@ -145,18 +147,28 @@ class _Trainer:
             system = system_of(self.model).name
         except ClipforgeError:
             system = None
-        config = getattr(self.model, "config", None)
-        return system, settings.to_dict(config) if dataclasses.is_dataclass(config) else None
+        config, options = getattr(self.model, "config", None), self.task.options
+        return {
+            "system": system,
+            "model_config": settings.to_dict(config) if dataclasses.is_dataclass(config) else None,
+            "options": settings.to_dict(options) if dataclasses.is_dataclass(options) else None,
+        }
 
     def _restore(self) -> None:
         from ..checkpoints import load_state_dict_checked
 
         state = load_training_state(self.ckpt_path)
-        for note in check_resumable(state, self.cfg.to_dict(), *self._identity(), self.ckpt_path):
+        for note in check_resumable(state, self.cfg.to_dict(), path=self.ckpt_path, **self._identity()):
             if self.rank == 0:
-                print(f"note: resuming with a different schedule length ({note})", file=sys.stderr)
+                print(f"note: resuming with {note}", file=sys.stderr)
         load_state_dict_checked(self.model, state["model"], str(self.ckpt_path))
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:  # other parameters are being trained than in the checkpoint
+            raise TrainingError(
+                f"{self.ckpt_path}: its optimiser state does not fit the parameters this run trains ({e}); resume "
+                "with the same options, or pass --overwrite to start over"
+            ) from None
         self.scheduler.load_state_dict(state["scheduler"])
         if "scaler" in state:
             self.stepper.scaler.load_state_dict(state["scaler"])
@@ -180,7 +192,7 @@ class _Trainer:
                     "skipped_samples": self.skipped_samples,
                     "skipped_steps": self.skipped_steps,
                     "train_config": json.dumps(self.cfg.to_dict()),
-                    **dict(zip(("system", "model_config"), self._identity())),
+                    **{("task_options" if k == "options" else k): v for k, v in self._identity().items()},
                 },
             )
         if self.world > 1:
@@ -220,44 +232,53 @@ class _Trainer:
             unit="step",
             dynamic_ncols=True,
         )
-        it: Iterator[dict[str, Any]] = iter(self.loader)
+        it: Iterator[dict[str, Any]] | None = iter(self.loader)
         last_ckpt, wait, window_t, window_n, loss = time.perf_counter(), 0.0, time.perf_counter(), 0, float("nan")
         window_loss = 0.0
-        self.task.train_mode(self.model)
-        while self.step < self.total:
-            t0 = time.perf_counter()
-            batch = _next_batch(it, cfg.workers)
-            wait += time.perf_counter() - t0
-            self.skipped_samples += int(batch.get("skipped", 0))
-            losses = self.stepper(_to(batch, self.device))
-            loss, grad_norm = self._optimiser_step(losses)
-            self.step += 1
-            window_n += 1
-            window_loss += loss
-            bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == self.total:
-                elapsed = time.perf_counter() - window_t
-                row, extra = self._log_row(
-                    losses, window_loss / window_n, grad_norm, window_n * cfg.batch_size / elapsed, wait / elapsed
+        try:
+            if self.step == 0 and self.evaluate is not None:
+                self._evaluate()  # the starting point, and a bad validation setup fails now, not after training
+            self.task.train_mode(self.model)
+            while self.step < self.total:
+                t0 = time.perf_counter()
+                batch = _next_batch(it, cfg.workers)
+                wait += time.perf_counter() - t0
+                self.skipped_samples += int(batch.get("skipped", 0))
+                losses = self.stepper(_to(batch, self.device))
+                loss, grad_norm = self._optimiser_step(losses)
+                self.step += 1
+                window_n += 1
+                window_loss += loss
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == self.total:
+                    elapsed = time.perf_counter() - window_t
+                    row, extra = self._log_row(
+                        losses, window_loss / window_n, grad_norm, window_n * cfg.batch_size / elapsed, wait / elapsed
+                    )
+                    shown = {k: f"{v:.3g}" for k, v in extra.items() if isinstance(v, (int, float))}
+                    bar.set_postfix(
+                        loss=f"{loss:.3f}",
+                        lr=f"{row['lr']:.2e}",
+                        **shown,
+                        **{"samples/s": f"{row['samples_per_s']:.0f}"},
+                    )
+                    window_t, window_n, wait, window_loss = time.perf_counter(), 0, 0.0, 0.0
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total:
+                    self._evaluate()
+                due = time.perf_counter() - last_ckpt >= cfg.checkpoint_every_s or (
+                    cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0
                 )
-                shown = {k: f"{v:.3g}" for k, v in extra.items() if isinstance(v, (int, float))}
-                bar.set_postfix(
-                    loss=f"{loss:.3f}", lr=f"{row['lr']:.2e}", **shown, **{"samples/s": f"{row['samples_per_s']:.0f}"}
-                )
-                window_t, window_n, wait, window_loss = time.perf_counter(), 0, 0.0, 0.0
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total:
-                self._evaluate()
-            due = time.perf_counter() - last_ckpt >= cfg.checkpoint_every_s or (
-                cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0
-            )
-            if D.any_across_ranks(bool(due)):
-                self._save()
-                last_ckpt = time.perf_counter()
-        bar.close()
-        del it
-        self._save()
-        self._evaluate()
-        self.metrics.close()
+                if D.any_across_ranks(bool(due)):
+                    self._save()
+                    last_ckpt = time.perf_counter()
+            bar.close()
+            it = None  # stops the loader's workers before the final evaluation
+            self._save()
+            self._evaluate()
+        finally:  # also when training fails: no progress bar, worker or log sink is left behind
+            bar.close()
+            it = None
+            self.metrics.close()
         if self.rank == 0:
             plot_curves(self.metrics.rows, self.out / "curves.png")
         seconds = time.perf_counter() - t_start

@@ -1,6 +1,6 @@
 """One place that turns a system name, a recipe and command-line settings into a ready run:
-model (seeded), task, training data and TrainConfig. `clipforge train` and the systems' own
-commands (quickstart, studies) use it, so a recipe means the same everywhere."""
+model (seeded, or pretrained), task, training data, TrainConfig and validation. `clipforge train`
+and the quickstart use it, so a recipe means the same everywhere."""
 
 from __future__ import annotations
 
@@ -25,8 +25,6 @@ class Run:
     """Everything `clipforge.train.train` needs, and where it came from."""
 
     system: System
-    preset: str
-    data: str
     task: Task
     dataset: Dataset | None  # None when asked not to load it
     config: TrainConfig | None  # None when the training settings name no output folder
@@ -112,14 +110,14 @@ def prepare_run(
     seed = train_settings.get("seed", 0)
     options = override(system.options(), option_changes)
     if pretrained:
-        net = _pretrained(system, pretrained, model, config_changes)
-        preset = pretrained
+        explicit = split_settings(system, settings or {})[0]  # a recipe's architecture settings give way
+        net = _pretrained(system, pretrained, model, explicit)
     else:
         net = build_model(system, override(system.preset(preset), config_changes), seed=seed)
     task = system.task(net, options)
     dataset = task.dataset(data, seed=seed) if load_data else None
     evaluate = _validation(system, val_data, val_task) if val_data else None
-    return Run(system, preset, data or "", task, dataset, train_config, evaluate)
+    return Run(system, task, dataset, train_config, evaluate)
 
 
 def _pretrained(system: System, name: str, model: str | None, config_changes: Mapping[str, Any]) -> torch.nn.Module:
@@ -145,8 +143,10 @@ def _validation(system: System, data: str, task: str | None) -> Callable[[torch.
     name = task or next(iter(system.evaluators))
     if name not in system.evaluators:
         raise ConfigError(f"unknown {system.name} evaluator {name!r}; choose one of {', '.join(system.evaluators)}")
+    from ..eval.run import evaluator_options
+
     evaluator = system.evaluators[name]
-    defaults = {flag.lstrip("-").replace("-", "_"): kw.get("default") for flag, kw in evaluator.options.items()}
+    defaults = evaluator_options(evaluator, lambda _, kwargs: kwargs.get("default"))
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -158,7 +158,7 @@ def _validation(system: System, data: str, task: str | None) -> Callable[[torch.
             elif isinstance(value, (int, float)):
                 out[prefix] = value
 
-        flatten("", evaluator.run(model, data, **{k: v for k, v in defaults.items() if v is not None}))
+        flatten("", evaluator.run(model, data, **defaults))
         return out
 
     return evaluate

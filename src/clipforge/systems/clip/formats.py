@@ -36,7 +36,8 @@ def _to_clipforge_layout(sd: dict[str, torch.Tensor], source: str) -> tuple[dict
     if "text.token_embedding.weight" in sd:
         return sd, "clipforge"
     if "token_embedding.weight" in sd and "text_projection" in sd:
-        return {k if k.startswith("visual.") or k == "logit_scale" else f"text.{k}": v for k, v in sd.items()}, "openai"
+        top = ("logit_scale", "logit_bias")
+        return {k if k.startswith("visual.") or k in top else f"text.{k}": v for k, v in sd.items()}, "openai"
     return sd, ""
 
 
@@ -179,6 +180,8 @@ def import_clip(ckpt: Checkpoint, model: str | CLIPConfig | None = None, act: st
         cfg = infer_config(sd, act or "quick_gelu")
     if act is not None:
         cfg = cfg.replace(vision={"act": act}, text={"act": act})
+    if "logit_bias" in sd and cfg.init_logit_bias is None:  # trained with the sigmoid loss
+        cfg = cfg.replace(init_logit_bias=float(sd["logit_bias"]))
     net = CLIP.from_config(cfg)
     load_state_dict_checked(net, sd, f"{ckpt.path} ({layout} layout)")
     return net

@@ -138,6 +138,11 @@ def config_to_hf(cfg: CLIPConfig) -> dict[str, Any]:
             "the Hugging Face CLIPModel has no ResNet image tower; save ResNet models with "
             "format='clipforge' or format='openai'"
         )
+    if cfg.init_logit_bias is not None:
+        raise CheckpointError(
+            "the Hugging Face CLIPModel has no logit bias (this model was trained with the sigmoid loss); save it "
+            "with format='clipforge' or format='openai'"
+        )
     t, v = cfg.text, cfg.vision
     return {
         "architectures": ["CLIPModel"],

@@ -170,9 +170,6 @@ def run_efficiency_study(
     for name in objectives:
         task = build_objective(name, config, vocab, seed)
         print(f"[{name}] {LABELS[name]}: {sum(p.numel() for p in task.model.parameters()) / 1e6:.2f}M parameters")
-        task.model.eval()
-        with torch.no_grad():
-            start = evaluate(task.model)
         cfg = TrainConfig(
             out=str(out / name),
             steps=steps,
@@ -188,9 +185,7 @@ def run_efficiency_study(
         t0 = time.perf_counter()
         res = train(task, dataset, cfg, evaluate=evaluate)
         seconds = time.perf_counter() - t0
-        rows = [{"step": 0, **{f"eval/{k}": v for k, v in start.items()}}] + [
-            r for r in res.history if any(k.startswith("eval/") for k in r)
-        ]
+        rows = [r for r in res.history if any(k.startswith("eval/") for k in r)]  # from step 0 (untrained)
         curves = {k: [(r["step"] * batch_size, r[f"eval/zeroshot_{k}"]) for r in rows] for k in evalsets}
         results[name] = {
             "curves": curves,
@@ -221,12 +216,6 @@ def run_efficiency_study(
     _plot(report, out / "curves.png")
     print(_markdown(report))
     return report
-
-
-def _ordering(report: dict[str, Any], evalset: str) -> list[str]:
-    """Objectives by final accuracy on `evalset`, best first."""
-    res = report["objectives"]
-    return sorted(res, key=lambda n: -res[n]["curves"][evalset][-1][1])
 
 
 def _findings(report: dict[str, Any]) -> list[str]:
