@@ -89,8 +89,6 @@ def create_model(
     An unknown option raises ConfigError naming the valid ones. With `seed`, the weights are the same
     on every call and the global random state is left untouched.
     """
-    import torch
-
     if pretrained is not None:
         if overrides or not isinstance(name, str):
             raise ConfigError("pretrained weights fix the architecture: give a preset name and no overrides")
@@ -100,15 +98,12 @@ def create_model(
 
     from .models import CLIP
     from .presets import get_config
+    from .train.prepare import seeded
 
     cfg = get_config(name) if isinstance(name, str) else name
     if overrides:
         cfg = cfg.replace(**overrides)
-    if seed is None:
-        return CLIP.from_config(cfg)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return CLIP.from_config(cfg)
+    return seeded(lambda: CLIP.from_config(cfg), seed)
 
 
 def preprocess(model: CLIP, train: bool = False) -> Any:

@@ -141,14 +141,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _native(stored: Any, where: Path) -> tuple[dict[str, Any], str]:
-    """(config dict, system name) of clipforge's own metadata, checked."""
+def _native(stored: Any, where: Path) -> tuple[dict[str, Any], str, str]:
+    """(config dict, flavour "clipforge", system name) of clipforge's own metadata, checked."""
     if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
         raise CheckpointError(f"{where}: clipforge metadata without a config object; the file is damaged")
     system = stored.get("system", LEGACY_SYSTEM)
     if not isinstance(system, str):
         raise CheckpointError(f"{where}: clipforge metadata names no valid system")
-    return stored["config"], system
+    return stored["config"], "clipforge", system
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
@@ -168,7 +168,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             raise CheckpointError(f"{path} has no weights file (looked for {', '.join(_WEIGHT_FILES)})")
         sd, meta = _read_file(files[0])
         if stored is not None and "clipforge" in stored:
-            return Checkpoint(path, sd, *_native_flavour(stored["clipforge"], path / "config.json"), side)
+            return Checkpoint(path, sd, *_native(stored["clipforge"], path / "config.json"), side)
         if stored is not None and ("text_config" in stored or "vision_config" in stored):
             return Checkpoint(path, sd, stored, "hf", None, side)
     elif not path.exists():
@@ -181,12 +181,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         stored = {"config": json.loads(meta["clipforge_config"]), "system": meta.get("clipforge_system", LEGACY_SYSTEM)}
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: the config in its metadata is not valid JSON ({e}); the file is damaged") from e
-    return Checkpoint(path, sd, *_native_flavour(stored, path))
-
-
-def _native_flavour(stored: Any, where: Path) -> tuple[dict[str, Any], str, str]:
-    config, system = _native(stored, where)
-    return config, "clipforge", system
+    return Checkpoint(path, sd, *_native(stored, path))
 
 
 def resolve(name: str | os.PathLike[str], tag: str | None = None) -> tuple[Path, dict[str, Any]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from .config import CLIPConfig, TextConfig, VisionConfig
-from .errors import UnknownModelError
 
 
 def _vit(embed: int, image: int, patch: int, width: int, layers: int, text_width: int, act: str) -> CLIPConfig:
@@ -78,11 +77,6 @@ def list_models() -> list[str]:
 
 def get_config(name: str) -> CLIPConfig:
     """The CLIPConfig of a preset; raises UnknownModelError naming close matches."""
-    key = ALIASES.get(name, name)
-    if key not in PRESETS:
-        import difflib
+    from .registry import find_preset
 
-        close = difflib.get_close_matches(name, list(PRESETS) + list(ALIASES), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UnknownModelError(f"unknown model {name!r}.{hint} Known: {', '.join(PRESETS)}")
-    return PRESETS[key]
+    return find_preset(PRESETS, ALIASES, name, "clip")

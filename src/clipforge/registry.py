@@ -126,18 +126,23 @@ class System:
 
     def preset(self, name: str) -> Any:
         """The config of preset `name` (or one of its aliases); UnknownModelError names close matches."""
-        key = self.aliases.get(name, name)
-        if key not in self.presets:
-            close = difflib.get_close_matches(name, [*self.presets, *self.aliases], n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise UnknownModelError(
-                f"unknown {self.name} model {name!r}.{hint} Known: {', '.join(self.presets)} (`clipforge models`)"
-            )
-        return self.presets[key]
+        return find_preset(self.presets, self.aliases, name, self.name)
 
     def build(self, config: Any) -> Any:
         """A randomly initialised model of `config`."""
         return self.model.from_config(config)
+
+
+def find_preset(presets: Mapping[str, Any], aliases: Mapping[str, str], name: str, system: str) -> Any:
+    """`presets[name]`, or the preset an alias names; UnknownModelError names close matches."""
+    key = aliases.get(name, name)
+    if key not in presets:
+        close = difflib.get_close_matches(name, [*presets, *aliases], n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UnknownModelError(
+            f"unknown {system} model {name!r}.{hint} Known: {', '.join(presets)} (`clipforge models`)"
+        )
+    return presets[key]
 
 
 _SYSTEMS: dict[str, System] = {}

@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import settings
 from ..errors import ConfigError
+from ..precision import PRECISIONS
 from ..settings import setting
 
 
@@ -31,7 +32,7 @@ class TrainConfig:
     grad_clip: float | None = setting(1.0, help="max global gradient norm (0 or none: no clipping)")
     precision: str = setting(
         "auto",
-        choices=("auto", "bf16", "fp16", "fp32"),
+        choices=PRECISIONS,
         help="bf16 autocast (loss in fp32), fp16 autocast with a gradient scaler (GPUs without bf16), fp32, "
         "or auto: bf16 where the hardware multiplies it natively, else fp32",
     )
@@ -68,7 +69,7 @@ class TrainConfig:
             raise ConfigError(
                 f"batch_size {self.batch_size} must be a positive multiple of accum_steps {self.accum_steps}"
             )
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+        if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be 'auto', 'bf16', 'fp16' or 'fp32', got {self.precision!r}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")

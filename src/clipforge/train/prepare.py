@@ -56,13 +56,18 @@ def split_settings(system: System, settings: Mapping[str, Any]) -> tuple[dict[st
     return config, options
 
 
-def build_model(system: System, config: Any, seed: int | None = None) -> torch.nn.Module:
-    """A randomly initialised model of `config`, seeded without touching the global RNG state."""
+def seeded(build: Callable[[], Any], seed: int | None = None) -> Any:
+    """`build()` under `torch.manual_seed(seed)` (if given), leaving the global RNG state as it was."""
     if seed is None:
-        return system.build(config)
+        return build()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return system.build(config)
+        return build()
+
+
+def build_model(system: System, config: Any, seed: int | None = None) -> torch.nn.Module:
+    """A randomly initialised model of `config`, seeded without touching the global RNG state."""
+    return seeded(lambda: system.build(config), seed)
 
 
 def recipe_of(system: System, name: str | None) -> Recipe:
