@@ -62,6 +62,14 @@ def _train_parser(system) -> Parser:  # noqa: ANN001 - a registry.System
         metavar="NAME|PATH",
         help="start from these weights (a checkpoint, hf-hub:ORG/REPO, or a name: clipforge models --pretrained)",
     )
+    if system.from_clip is not None:
+        p.add_argument(
+            "--clip",
+            default=None,
+            metavar="NAME|PATH",
+            help=f"the CLIP to build on: a checkpoint, hf-hub:ORG/REPO, a pretrained name, or none for random "
+            f"weights (default: the recipe's, else {system.default_clip} unless --model names a preset)",
+        )
     p.add_argument("--val-data", default=None, help="evaluate on this data every --eval-every steps and at the end")
     p.add_argument(
         "--val-task", default=None, help=f"evaluator for --val-data: {', '.join(system.evaluators) or 'none'}"
@@ -103,6 +111,7 @@ def _train(argv: Sequence[str]) -> int:
         pretrained=ns.pretrained,
         val_data=ns.val_data,
         val_task=ns.val_task,
+        clip=getattr(ns, "clip", None),
     )
     if run.config is None:
         raise ConfigError("give an output folder (--out)")
@@ -137,13 +146,22 @@ def _load_options(args: argparse.Namespace) -> dict[str, str]:
 
 def _eval(args: argparse.Namespace) -> int:
     from .checkpoints import load
-    from .eval.run import evaluator_options, format_table, pick_device, run_eval, write_json
+    from .errors import ConfigError
+    from .eval.run import FILE_TASKS, evaluator_options, format_table, pick_device, run_eval, score_files, write_json
     from .registry import system_of
 
-    model = load(args.model, **_load_options(args)).to(pick_device(args.device))
-    evaluator = system_of(model).evaluators.get(args.task)
-    options = evaluator_options(evaluator, lambda key, _: getattr(args, key, None)) if evaluator else {}
-    result = run_eval(model, args.task, args.data, model_name=args.model, **options)
+    if args.pred or args.gt:  # score a user's prediction files: no model
+        if args.model or args.data:
+            raise ConfigError("give --pred/--gt (score files) or --model/--data (run a model), not both")
+        result = score_files(args.task, args.pred, args.gt, getattr(args, "classes", None))
+    else:
+        if not args.model or not args.data:
+            hint = f"; or score files with --pred/--gt ({', '.join(FILE_TASKS)})" if args.task in FILE_TASKS else ""
+            raise ConfigError(f"give --model and --data{hint}")
+        model = load(args.model, **_load_options(args)).to(pick_device(args.device))
+        evaluator = system_of(model).evaluators.get(args.task)
+        options = evaluator_options(evaluator, lambda key, _: getattr(args, key, None)) if evaluator else {}
+        result = run_eval(model, args.task, args.data, model_name=args.model, **options)
     print(format_table(result))
     if args.out:
         write_json(result, args.out)
@@ -214,9 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=argparse.ArgumentParser)
     _add(sub, "train", "train any system: clipforge train [SYSTEM] [--recipe NAME] ... (--help for its options)")
     p = _add(sub, "eval", "run a benchmark of the model's system (zero-shot, retrieval, probes, ...)")
-    p.add_argument("--model", required=True, help="weights: a checkpoint, hf-hub:ORG/REPO or a pretrained name")
+    p.add_argument("--model", default=None, help="weights: a checkpoint, hf-hub:ORG/REPO or a pretrained name")
     p.add_argument("--task", required=True, choices=evaluator_names())
-    p.add_argument("--data", required=True, help="digits, synthetic[:label=shape,...], a class-folder root, ...")
+    p.add_argument("--data", default=None, help="digits, synthetic[:label=shape,...], a class-folder root, ...")
+    p.add_argument("--pred", default=None, help="segmentation: a folder of predicted PNG masks to score (no --model)")
+    p.add_argument("--gt", default=None, help="segmentation: the folder of ground-truth PNG masks of the same names")
     p.add_argument("--act", default=None, choices=["gelu", "quick_gelu"], help="activation of ambiguous weights")
     p.add_argument("--out", default=None, help="write the JSON result here")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: a GPU if there is one)")

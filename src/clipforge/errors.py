@@ -32,3 +32,7 @@ class CheckpointError(ClipforgeError, ValueError):
 
 class TrainingError(ClipforgeError, RuntimeError):
     """Training cannot continue (non-finite loss, a mismatched checkpoint, ...)."""
+
+
+class DataError(ClipforgeError, ValueError):
+    """Data that cannot be used as given: a mask of the wrong kind, a missing pair, a label out of range."""

@@ -24,11 +24,11 @@ from typing import Any
 
 from .errors import ConfigError, UnknownModelError
 
-BUILTIN_SYSTEMS = ("clipforge.systems.clip",)
+BUILTIN_SYSTEMS = ("clipforge.systems.clip", "clipforge.systems.lseg")
 DEFAULT_SYSTEM = "clip"  # what `clipforge train` trains when it names no system
 CORE_VERBS = ("train", "eval", "models", "convert", "data", "study")
 # `clipforge train` options of its own; a system's options generate flags beside them and TrainConfig's
-TRAIN_COMMAND_OPTIONS = ("recipe", "model", "data", "set", "pretrained", "val_data", "val_task")
+TRAIN_COMMAND_OPTIONS = ("recipe", "model", "data", "set", "pretrained", "val_data", "val_task", "clip")
 ENTRY_POINT_GROUP = "clipforge.systems"
 
 
@@ -74,6 +74,7 @@ class Recipe:
     data: str | None = None  # --data spec
     settings: Mapping[str, Any] = field(default_factory=dict)  # model config fields and task options
     train: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    clip: str | None = None  # systems built on a CLIP: the CLIP to start from (--clip)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,11 @@ class System:
     sample_data: str = ""  # a --data spec that needs no files (contract tests, smoke runs)
     describe: Callable[[Any], str] | None = None  # one line about a preset's config (`clipforge models`)
     pretrained: Sequence[Pretrained] = ()  # weights by name
+    # Systems built on a CLIP: `from_clip(config, clip)` is a model of `config` whose CLIP parts take
+    # `clip`'s architecture and weights (`clipforge train SYSTEM --clip NAME|PATH`); `default_clip` is
+    # what a run starts from when neither --clip nor --model is given.
+    from_clip: Callable[[Any, Any], Any] | None = None
+    default_clip: str | None = None
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.config) or not dataclasses.is_dataclass(self.options):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,11 @@ def _to_tensor(image: Image.Image, mean: tuple[float, ...], std: tuple[float, ..
     m = torch.tensor(mean).view(3, 1, 1)
     s = torch.tensor(std).view(3, 1, 1)
     return (x - m) / s
+
+
+def image_to_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Any PIL image as a normalised (3, H, W) float tensor, at its own size."""
+    return _to_tensor(_prepare(image), tuple(mean), tuple(std))
 
 
 def _prepare(image: Image.Image) -> Image.Image:

@@ -58,6 +58,22 @@ def run_eval(model: torch.nn.Module, task: str, data: str, *, model_name: str = 
     return {"dataset": data, "model": model_name, "task": task, "metrics": metrics}
 
 
+FILE_TASKS = ("segmentation",)  # tasks that also score a user's own prediction files
+
+
+def score_files(task: str, pred: str | None, gt: str | None, classes: str | None) -> dict[str, Any]:
+    """Score prediction files against ground-truth files (no model): {"dataset", "model", "task", "metrics"}.
+
+    segmentation: folders of indexed-PNG masks of the same names, and a class-name list."""
+    if task not in FILE_TASKS:
+        raise ConfigError(f"--pred/--gt score files for {', '.join(FILE_TASKS)}, not {task!r}")
+    if not pred or not gt or not classes:
+        raise ConfigError("scoring segmentation files needs --pred DIR, --gt DIR and --classes FILE")
+    from .segmentation import score_folders
+
+    return {"dataset": str(gt), "model": str(pred), "task": task, "metrics": score_folders(pred, gt, classes)}
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A Markdown table of a result's metrics (nested dicts flattened as `key/sub`)."""
     rows: list[tuple[str, Any]] = []

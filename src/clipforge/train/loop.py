@@ -114,7 +114,7 @@ class _Trainer:
             self.model = task.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
         self.optimizer = build_optimizer(
-            self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, cfg.optimizer
+            self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, cfg.optimizer, task.lr_scale
         )
         warmup = cfg.warmup if cfg.warmup is not None else min(500, max(1, self.total // 20))
         self.scheduler = cosine_schedule(self.optimizer, warmup, self.total)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -20,14 +21,21 @@ def build_optimizer(
     betas: tuple[float, float],
     eps: float,
     kind: str = "adamw",
+    lr_scale: Callable[[str], float] | None = None,
 ) -> torch.optim.Optimizer:
     """Fused AdamW (or plain SGD) over the trainable parameters, without weight decay where
-    `no_decay` says. SGD takes lr x gradient steps, so checks can see the gradient's scale."""
-    decay, plain = [], []
+    `no_decay` says. SGD takes lr x gradient steps, so checks can see the gradient's scale.
+    `lr_scale(name)` multiplies a parameter's learning rate (a task's `lr_scale` hook: e.g. a
+    pretrained backbone at a tenth of a new head's rate); the schedule scales every group alike."""
+    groups: dict[tuple[bool, float], list[torch.Tensor]] = {(False, 1.0): [], (True, 1.0): []}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (plain if no_decay(name, p) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+            key = (no_decay(name, p), float(lr_scale(name)) if lr_scale else 1.0)
+            groups.setdefault(key, []).append(p)
+    groups = [
+        {"params": params, "weight_decay": 0.0 if plain else weight_decay, "lr": lr * scale}
+        for (plain, scale), params in groups.items()
+    ]
     if kind == "sgd":
         return torch.optim.SGD(groups, lr=lr)
     # the fused kernel: one pass over all parameters (faster than foreach on CPU and GPU; benchmarks/levers.py)

@@ -92,13 +92,18 @@ def prepare_run(
     pretrained: str | None = None,
     val_data: str | None = None,
     val_task: str | None = None,
+    clip: str | torch.nn.Module | None = None,
 ) -> Run:
     """Model, task, data and TrainConfig of a run; explicit arguments win over the recipe's values,
     which win over the system's defaults. The model and the data are seeded with the training seed.
 
     `pretrained` (a path or a name `clipforge.load` resolves) starts from those weights and their
     architecture; `val_data` is evaluated with the system's evaluator `val_task` (default: its first)
-    every `eval_every` steps and at the end."""
+    every `eval_every` steps and at the end.
+
+    Systems built on a CLIP (`System.from_clip`) take its architecture and weights from `clip` (a CLIP
+    model, or a path or name `clipforge.load` resolves; "none" for a random one of the preset's shape);
+    default: the recipe's, else the system's `default_clip` unless `model` names a preset."""
     system = get_system(system) if isinstance(system, str) else system
     r = recipe_of(system, recipe)
     preset = model or r.model or system.default_preset
@@ -114,9 +119,12 @@ def prepare_run(
     train_config = TrainConfig.from_dict(train_settings) if "out" in train_settings else None
     seed = train_settings.get("seed", 0)
     options = override(system.options(), option_changes)
+    clip = _clip_source(system, clip, r.clip, model, pretrained)
     if pretrained:
         explicit = split_settings(system, settings or {})[0]  # a recipe's architecture settings give way
         net = _pretrained(system, pretrained, model, explicit)
+    elif clip is not None:
+        net = _from_clip(system, clip, override(system.preset(preset), config_changes), config_changes, seed)
     else:
         net = build_model(system, override(system.preset(preset), config_changes), seed=seed)
     task = system.task(net, options)
@@ -139,6 +147,38 @@ def _pretrained(system: System, name: str, model: str | None, config_changes: Ma
     if system_of(net) is not system:
         raise ConfigError(f"{name} holds a {system_of(net).name} model, not {system.name}")
     return net
+
+
+def _clip_source(
+    system: System, clip: str | torch.nn.Module | None, recipe_clip: str | None, model: str | None, pretrained: Any
+) -> str | torch.nn.Module | None:
+    """The CLIP a run of a CLIP-based system starts from, or None for random weights."""
+    if system.from_clip is None:
+        if clip is not None:
+            raise ConfigError(f"the {system.name} system is not built on a CLIP; --clip does not apply")
+        return None
+    if pretrained:
+        if clip is not None:
+            raise ConfigError("--pretrained already holds the CLIP the model was built on; give --clip or --pretrained")
+        return None
+    if clip is None:
+        clip = recipe_clip or (system.default_clip if model is None else None)
+    return None if isinstance(clip, str) and clip.lower() in ("none", "random") else clip
+
+
+def _from_clip(
+    system: System, clip: str | torch.nn.Module, config: Any, changes: Mapping[str, Any], seed: int
+) -> torch.nn.Module:
+    from ..checkpoints import load
+    from ..models import CLIP
+
+    clip_changes = [k for k in changes if k.partition(".")[0] == "clip"]
+    if clip_changes:
+        raise ConfigError(f"--clip fixes the CLIP's architecture, so {', '.join(clip_changes)} cannot be set")
+    net = load(clip) if isinstance(clip, str) else clip
+    if not isinstance(net, CLIP):
+        raise ConfigError(f"--clip {clip} holds a {type(net).__name__}, not a CLIP model")
+    return seeded(lambda: system.from_clip(config, net), seed)
 
 
 def _validation(system: System, data: str, task: str | None) -> Callable[[torch.nn.Module], dict[str, float]]:

@@ -112,7 +112,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
 
     train = [r for r in rows if r.get("loss") is not None]
     evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
-    panels = [("loss", "contrastive loss"), ("scale", "logit scale exp(t)"), ("lr", "learning rate")]
+    panels = [("loss", "training loss"), ("scale", "logit scale exp(t)"), ("lr", "learning rate")]
     panels = [p for p in panels if any(p[0] in r for r in train)]
     eval_keys = sorted({k for r in evals for k in r if k.startswith("eval/")})
     n = len(panels) + (1 if eval_keys else 0)

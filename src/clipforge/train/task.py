@@ -55,6 +55,10 @@ class Task:
         """Put `model` in training mode (a system may keep frozen parts in eval mode)."""
         model.train()
 
+    def lr_scale(self, name: str) -> float:
+        """Multiplier of the learning rate of parameter `name` (1: the run's --lr)."""
+        return 1.0
+
     def after_step(self, model: nn.Module) -> None:
         """Called after every optimiser step (clamp a parameter, update an EMA ...)."""
 
