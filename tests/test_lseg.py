@@ -229,3 +229,74 @@ def test_lseg_builds_on_openai_architectures(preset, embed, size):
         logits = model(torch.randn(1, 3, size, size), torch.nn.functional.normalize(torch.randn(5, embed), dim=-1))
     assert pixels.shape == (1, embed, size // 2, size // 2) and logits.shape == (1, 5, size, size)
     assert model.taps == ((2, 5, 8, 11) if "vit" in preset else ())
+
+
+def test_an_explicit_model_without_clip_starts_random_and_says_so(capsys):
+    run = prepare_run("lseg", recipe="shapes", model="lseg-tiny-vit", load_data=False)
+    assert run.model.clip.config.vision.kind == "vit"  # the named preset wins over the recipe's CLIP
+    assert "without --clip" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--clip none"):
+        prepare_run("lseg", settings={"clip.embed_dim": 64}, load_data=False)  # defaulted to shapes: say so
+    assert (
+        prepare_run("lseg", clip="none", settings={"clip.embed_dim": 64}, load_data=False).model.config.clip.embed_dim
+        == 64
+    )
+
+
+def test_episodes_refuse_an_unseen_background():
+    with pytest.raises(ConfigError, match="background"):
+        LSegTask(_model(), LSegOptions(episodes=True, unseen="background")).dataset("synthetic:n=8")
+
+
+def test_resuming_with_another_backbone_learning_rate_is_refused(tmp_path):
+    from clipforge.errors import TrainingError
+    from clipforge.train import train
+
+    def run(scale, resume):
+        r = prepare_run(
+            "lseg",
+            data="synthetic:n=32",
+            settings={"backbone_lr_scale": scale},
+            train={
+                "out": str(tmp_path),
+                "steps": 2,
+                "batch_size": 8,
+                "workers": 0,
+                "progress": False,
+                "resume": resume,
+            },
+        )
+        return train(r.task, r.dataset, r.config)
+
+    run(0.1, False)
+    with pytest.raises(TrainingError, match="learn at"):
+        run(0.2, True)
+
+
+def test_folder_evaluation_scores_at_each_images_own_size(tmp_path):
+    from clipforge.eval.segmentation import IGNORE_INDEX, write_mask
+    from clipforge.systems.lseg.infer import evaluate_segmentation
+
+    root = tmp_path / "ade"
+    for split, n in (("training", 2), ("validation", 3)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "annotations" / split).mkdir(parents=True)
+        for i in range(n):
+            size = (40 + 10 * i, 30)
+            mask = np.random.default_rng(i).integers(0, 3, size[::-1])
+            mask[0] = IGNORE_INDEX
+            write_mask(mask, root / "annotations" / split / f"x{i}.png")
+            Image.new("RGB", size, (i * 40, 90, 20)).save(root / "images" / split / f"x{i}.jpg")
+    (root / "classes.txt").write_text("other\nwall\nsky\n")
+    model = _model()
+    metrics = evaluate_segmentation(model, f"{root}:validation", batch_size=2)
+    assert metrics["images"] == 3 and metrics["pixels"] == sum((40 + 10 * i) * 29 for i in range(3))
+    with pytest.raises(ConfigError, match="ROOT:SPLIT"):
+        evaluate_segmentation(model, str(root))
+    with pytest.raises(ConfigError, match="no split 'val'"):
+        evaluate_segmentation(model, f"{root}:val")
+    Image.new("RGB", (40, 30)).save(root / "annotations" / "training" / "x0.png")  # RGB: not a mask
+    task = LSegTask(_model(), LSegOptions())
+    ds = task.dataset(f"{root}:training")
+    with pytest.raises(clipforge.errors.DataError, match="indexed or greyscale"):
+        ds[0]  # a mask of the wrong kind is the data's description to fix: never skipped

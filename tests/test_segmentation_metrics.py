@@ -12,7 +12,7 @@ from sklearn.metrics import accuracy_score, jaccard_score
 from sklearn.metrics import confusion_matrix as sk_confusion
 
 from clipforge.cli import main
-from clipforge.errors import ConfigError, DataError
+from clipforge.errors import ConfigError, DataError, ImageError
 from clipforge.eval.segmentation import (
     IGNORE_INDEX,
     confusion_matrix,
@@ -163,7 +163,17 @@ def test_segmentation_folder_reader(tmp_path):
     assert len(segmentation_dataset(f"{root}:val", 16, (0.5,) * 3, (0.5,) * 3)) == 1
     write_mask(np.full((14, 20), 9), root / "SegmentationClass" / "img2.png")
     with pytest.raises(DataError, match="value 9 but 4 classes"):
-        ds[2]
+        ds[2]  # evaluation names the bad file
+    (root / "JPEGImages" / "img1.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ImageError, match="img1.jpg"):
+        ds[1]
+    train = segmentation_dataset(str(root), 16, (0.5,) * 3, (0.5,) * 3, train=True)
+    with pytest.raises(DataError, match="value 9"):  # a mask against the class list is never skipped
+        train[1]
+    write_mask(np.full((14, 20), 3), root / "SegmentationClass" / "img2.png")
+    item = train[1]  # training skips the undecodable image for the next sample, and counts it
+    assert item["skipped"] == 1 and item["mask"].shape == (16, 16) and (item["mask"] == 3).all()
+    assert train[0]["skipped"] == 0
     (root / "classes.txt").unlink()
     with pytest.raises(ConfigError, match="classes.txt"):
         segmentation_dataset(str(root), 16, (0.5,) * 3, (0.5,) * 3)

@@ -68,7 +68,7 @@ def _train_parser(system) -> Parser:  # noqa: ANN001 - a registry.System
             default=None,
             metavar="NAME|PATH",
             help=f"the CLIP to build on: a checkpoint, hf-hub:ORG/REPO, a pretrained name, or none for random "
-            f"weights (default: the recipe's, else {system.default_clip} unless --model names a preset)",
+            f"weights (default: the recipe's, else {system.default_clip}; with --model and no --clip: random)",
         )
     p.add_argument("--val-data", default=None, help="evaluate on this data every --eval-every steps and at the end")
     p.add_argument(

@@ -5,7 +5,8 @@ A segmentation folder holds images, indexed-PNG masks of the same file stem, and
 `JPEGImages/` + `SegmentationClass/` (PASCAL VOC; `ImageSets/Segmentation/{split}.txt` picks a split
 where present), `images/` + `annotations/` (ADE20K), `images/` + `masks/`; the class list is
 `ROOT/classes.txt` (or `labels.txt`) unless given. Samples are dicts {"image": (3, S, S) normalised,
-"mask": (S, S) int64, "skipped": int}: images squashed to S x S (bilinear), masks nearest.
+"mask": (S, S) int64, "skipped": int}: images squashed to S x S (bilinear), masks nearest; evaluation
+samples add "truth", the mask at the image's own size, which scores are computed at.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, DataError, ImageError
 from ..eval.segmentation import IGNORE_INDEX, read_class_names, read_mask
 from ..transforms import image_to_tensor, load_image
-from .sources import stable_seed
+from .sources import MAX_CONSECUTIVE_SKIPS, stable_seed
 from .synthetic import SHAPES, SyntheticWorld
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -61,16 +62,25 @@ def find_segmentation_folder(
             raise ConfigError(f"no class-name list in {root}: write classes.txt (line i names mask value i)")
         classes = found[0]
     names = read_class_names(classes)
-    masks = {p.stem: p for p in (root / mask_dir).glob("*.png")}
-    listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
-    wanted = set(listing.read_text().split()) if split and listing.is_file() else None
+    images, masks_dir, wanted = root / image_dir, root / mask_dir, None
+    if split:  # VOC: a list of stems; ADE20K: images/SPLIT and annotations/SPLIT
+        listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if listing.is_file():
+            wanted = set(listing.read_text(encoding="utf-8").split())
+        elif (images / split).is_dir() and (masks_dir / split).is_dir():
+            images, masks_dir = images / split, masks_dir / split
+        else:
+            raise ConfigError(f"{root} has no split {split!r}: neither {listing} nor {images / split}/")
+    masks = {p.stem: p for p in masks_dir.glob("*.png")}
     pairs = [
         (p, masks[p.stem])
-        for p in sorted((root / image_dir).iterdir())
+        for p in sorted(images.iterdir())
         if p.suffix.lower() in IMAGE_SUFFIXES and p.stem in masks and (wanted is None or p.stem in wanted)
     ]
     if not pairs:
-        raise ConfigError(f"no image in {root / image_dir} has a mask of the same name in {root / mask_dir}")
+        subfolders = sorted(d.name for d in images.iterdir() if d.is_dir())
+        hint = f" (it has subfolders {', '.join(subfolders)}: give ROOT:SPLIT)" if subfolders else ""
+        raise ConfigError(f"no image in {images} has a mask of the same name in {masks_dir}{hint}")
     return SegmentationFolder(root, pairs, names)
 
 
@@ -96,10 +106,28 @@ class SegmentationDataset(Dataset):
         raise NotImplementedError
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
+        """Training skips a sample whose image or mask file cannot be decoded for the next one and counts
+        it, as the image-text sources do; evaluation raises, so no score silently leaves images out. A mask
+        that decodes but breaks the dataset's rules (its mode, a value past the class list) always raises:
+        that is the data's description to fix, not one damaged file."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
+        skipped = 0
+        while True:
+            try:
+                return {**self._sample(epoch, index), "skipped": skipped}
+            except (ImageError, OSError) as e:
+                if not self.train:
+                    raise
+                skipped += 1
+                if skipped >= min(MAX_CONSECUTIVE_SKIPS, len(self)):
+                    raise DataError(f"{skipped} samples in a row could not be used; the last: {e}") from None
+                index = (index + 1) % len(self)
+
+    def _sample(self, epoch: int, index: int) -> dict[str, Any]:
         image, mask = self.read(index)
         if image.size != (mask.shape[1], mask.shape[0]):
             raise DataError(f"sample {index}: image is {image.size}, its mask {mask.shape[::-1]}")
+        truth = None if self.train else torch.from_numpy(mask.astype(np.int64))  # scored at the image's size
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), Image.BILINEAR)
             mask = np.asarray(Image.fromarray(mask.astype(np.int32)).resize((self.size, self.size), Image.NEAREST))
@@ -110,7 +138,7 @@ class SegmentationDataset(Dataset):
         m = torch.from_numpy(np.ascontiguousarray(mask))
         if self.train and random.Random(stable_seed(self.seed, epoch, index)).random() < 0.5:
             x, m = x.flip(-1), m.flip(-1)
-        return {"image": x, "mask": m, "skipped": 0}
+        return {"image": x, "mask": m} if truth is None else {"image": x, "mask": m, "truth": truth}
 
 
 class SyntheticSegmentation(SegmentationDataset):
@@ -144,10 +172,7 @@ class FolderSegmentation(SegmentationDataset):
     def read(self, index: int) -> tuple[Image.Image, np.ndarray]:
         """The image (RGB) and its mask; values past the class list (other than 255) are an error."""
         image_path, mask_path = self.folder.pairs[index]
-        try:
-            image = load_image(image_path).convert("RGB")
-        except ImageError as e:
-            raise DataError(f"{e}") from None
+        image = load_image(image_path).convert("RGB")
         mask = read_mask(mask_path)
         bad = (mask >= len(self.classes)) & (mask != IGNORE_INDEX)
         if bad.any():

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, ImageError
 
 IGNORE_INDEX = 255
 
@@ -110,11 +110,12 @@ def read_mask(path: str | Path) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            if im.mode not in ("P", "L", "I", "I;16"):
-                raise DataError(f"{path}: a mask must be an indexed or greyscale PNG of class indices, not {im.mode}")
-            return np.asarray(im).astype(np.int64)
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
-        raise DataError(f"cannot read mask {path}: {e}") from None
+            mode, mask = im.mode, np.asarray(im).astype(np.int64)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise ImageError(f"cannot read mask {path}: {e}") from None
+    if mode not in ("P", "L", "I", "I;16"):
+        raise DataError(f"{path}: a mask must be an indexed or greyscale PNG of class indices, not {mode}")
+    return mask
 
 
 def write_mask(mask: np.ndarray, path: str | Path, palette: Sequence[int] | None = None) -> None:

@@ -162,6 +162,13 @@ class _Trainer:
             if self.rank == 0:
                 print(f"note: resuming with {note}", file=sys.stderr)
         load_state_dict_checked(self.model, state["model"], str(self.ckpt_path))
+        saved = [g.get("initial_lr", g.get("lr")) for g in state["optimizer"].get("param_groups", [])]
+        now = [g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups]
+        if len(saved) == len(now) and any(abs(a - b) > 1e-12 * max(abs(a), abs(b)) for a, b in zip(saved, now)):
+            raise TrainingError(
+                f"{self.ckpt_path}: its parameter groups learn at {saved}, this run's at {now} (a task option that "
+                "scales learning rates changed); resume with the same options, or pass --overwrite to start over"
+            )
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError) as e:  # other parameters are being trained than in the checkpoint

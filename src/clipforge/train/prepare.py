@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from ..distributed import rank
 from ..errors import ConfigError
 from ..registry import Recipe, System, get_system
 from ..settings import field_names, override
@@ -103,7 +105,8 @@ def prepare_run(
 
     Systems built on a CLIP (`System.from_clip`) take its architecture and weights from `clip` (a CLIP
     model, or a path or name `clipforge.load` resolves; "none" for a random one of the preset's shape);
-    default: the recipe's, else the system's `default_clip` unless `model` names a preset."""
+    default: the recipe's, else the system's `default_clip`; when `model` names a preset and `clip` is not
+    given, the preset's CLIP starts from random weights (a note says so)."""
     system = get_system(system) if isinstance(system, str) else system
     r = recipe_of(system, recipe)
     preset = model or r.model or system.default_preset
@@ -161,9 +164,17 @@ def _clip_source(
         if clip is not None:
             raise ConfigError("--pretrained already holds the CLIP the model was built on; give --clip or --pretrained")
         return None
-    if clip is None:
-        clip = recipe_clip or (system.default_clip if model is None else None)
-    return None if isinstance(clip, str) and clip.lower() in ("none", "random") else clip
+    if clip is None and model is None:
+        clip = recipe_clip or system.default_clip
+    if clip is None or isinstance(clip, str) and clip.lower() in ("none", "random"):
+        if clip is None and rank() == 0:  # --model without --clip: say so, a random text tower names nothing
+            print(
+                f"note: --model {model} without --clip: the CLIP starts from random weights (its text tower is "
+                f"frozen, so labels keep random embeddings); pass --clip NAME|PATH to build on trained weights",
+                file=sys.stderr,
+            )
+        return None
+    return clip
 
 
 def _from_clip(
@@ -174,7 +185,11 @@ def _from_clip(
 
     clip_changes = [k for k in changes if k.partition(".")[0] == "clip"]
     if clip_changes:
-        raise ConfigError(f"--clip fixes the CLIP's architecture, so {', '.join(clip_changes)} cannot be set")
+        name = clip if isinstance(clip, str) else "the given CLIP"
+        raise ConfigError(
+            f"this run builds on --clip {name}, whose architecture it keeps, so {', '.join(clip_changes)} cannot "
+            "be set; pass --clip none to start from a random CLIP of your own shape"
+        )
     net = load(clip) if isinstance(clip, str) else clip
     if not isinstance(net, CLIP):
         raise ConfigError(f"--clip {clip} holds a {type(net).__name__}, not a CLIP model")

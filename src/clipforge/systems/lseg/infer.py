@@ -125,7 +125,11 @@ def evaluate_segmentation(
     from tqdm import tqdm
 
     for start in tqdm(range(0, n, batch_size), desc="segmentation", unit="batch", leave=False, disable=None):
-        batch = collate_segmentation([ds[i] for i in range(start, min(n, start + batch_size))])
-        pred = predict(model, batch["images"], embeds, batch_size).argmax(1)
-        confusion += confusion_matrix(pred, batch["masks"], len(names))
+        items = [ds[i] for i in range(start, min(n, start + batch_size))]
+        logits = predict(model, collate_segmentation(items)["images"], embeds, batch_size)
+        for item, scores in zip(items, logits):  # scored at each image's own size, as the benchmarks do
+            truth = item["truth"]
+            if scores.shape[-2:] != truth.shape:
+                scores = F.interpolate(scores[None], size=tuple(truth.shape), mode="bilinear", align_corners=False)[0]
+            confusion += confusion_matrix(scores.argmax(0), truth, len(names))
     return {**segmentation_scores(confusion, names), "images": n}

@@ -89,6 +89,8 @@ class LSegTask(Task):
             classes=self.options.classes or None,
         )
         self.labels, ds.remap = training_labels(list(ds.classes), self.options.unseen)
+        if self.options.episodes and self.labels[0] != ds.classes[0]:
+            raise ConfigError(f"episodes offer class 0 ({ds.classes[0]}) as the background, so it cannot be unseen")
         self._label_embeds = None
         return ds
 
