@@ -134,7 +134,11 @@ def test_train_from_shapes_through_the_command_then_segment_and_eval(tmp_path, c
     assert report["labels"] == ["background", "circle", "star"]
     assert main(["segment", str(images[0]), "--model", summary["model"], "--labels", "a,a"]) == 2
     assert main(["segment", str(images[0]), "--model", "shapes", "--labels", "a,b"]) == 2
-    assert "not an LSeg model" in capsys.readouterr().err
+    assert "holds a clip model, not a segmenting system" in capsys.readouterr().err
+    assert (
+        main(["segment", str(images[0]), "--model", summary["model"], "--labels", "a,b", "--method", "groupvit"]) == 2
+    )
+    assert "not groupvit" in capsys.readouterr().err
     # clipforge eval with the model on synthetic data
     res = tmp_path / "eval.json"
     args = ["eval", "--model", summary["model"], "--task", "segmentation", "--data", "synthetic:n=8", "--out", str(res)]

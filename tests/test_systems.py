@@ -282,6 +282,9 @@ def test_every_preset_builds_and_every_trainable_parameter_gets_a_gradient(toy, 
     config = system.preset(preset)
     assert settings.from_dict(system.config, settings.to_dict(config)) == config  # stored configs round-trip
     model = build_model(system, config, seed=0).train()
+    # every parameter initialised: uninitialised memory (torch.empty left as it is) shows as huge or NaN values
+    wild = [n for n, p in model.named_parameters() if not torch.isfinite(p).all() or p.abs().max() > 1e3]
+    assert not wild, f"parameters left uninitialised: {wild[:5]}"
     task = system.task(model, system.options())
     task.configure(model)
     losses = task.loss(task.forward(model, _batch(task, 2)))

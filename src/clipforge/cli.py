@@ -1,4 +1,4 @@
-"""The `clipforge` command: a fixed set of generic verbs (train, eval, models, convert, data, study)
+"""The `clipforge` command: a fixed set of generic verbs (train, eval, models, convert, data, study, segment)
 plus the verbs each registered system declares in its own package. Every verb is a thin wrapper
 over the Python API."""
 
@@ -267,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=1000)
     p.set_defaults(func=_data)
+    from .dense import run_segment, segment_arguments
+
+    p = _add(sub, "segment", "label every pixel of images with any label texts (lseg, groupvit models)")
+    segment_arguments(p)
+    p.set_defaults(func=run_segment)
     p = _add(sub, "study", "reproduce a paper's central claim at small scale: clipforge study SYSTEM|STUDY")
     studies = p.add_subparsers(dest="study", required=True, parser_class=argparse.ArgumentParser)
     for system in systems:

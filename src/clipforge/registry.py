@@ -24,9 +24,9 @@ from typing import Any
 
 from .errors import ConfigError, UnknownModelError
 
-BUILTIN_SYSTEMS = ("clipforge.systems.clip", "clipforge.systems.lseg")
+BUILTIN_SYSTEMS = ("clipforge.systems.clip", "clipforge.systems.lseg", "clipforge.systems.groupvit")
 DEFAULT_SYSTEM = "clip"  # what `clipforge train` trains when it names no system
-CORE_VERBS = ("train", "eval", "models", "convert", "data", "study")
+CORE_VERBS = ("train", "eval", "models", "convert", "data", "study", "segment")
 # `clipforge train` options of its own; a system's options generate flags beside them and TrainConfig's
 TRAIN_COMMAND_OPTIONS = ("recipe", "model", "data", "set", "pretrained", "val_data", "val_task", "clip")
 ENTRY_POINT_GROUP = "clipforge.systems"
@@ -120,6 +120,9 @@ class System:
     # what a run starts from when neither --clip nor --model is given.
     from_clip: Callable[[Any, Any], Any] | None = None
     default_clip: str | None = None
+    # Systems that label pixels: `segmenter(model, images, labels, **options)` -> one
+    # `clipforge.dense.Segmentation` per PIL image (`clipforge segment`)
+    segmenter: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.config) or not dataclasses.is_dataclass(self.options):

@@ -57,7 +57,13 @@ def make_loader(
 ) -> DataLoader:
     """An endless DataLoader of this rank's share of each global batch, batched by `collate`."""
     common: dict[str, Any] = dict(
-        collate_fn=collate, num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None
+        collate_fn=collate,
+        num_workers=workers,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+        # its own generator: starting an iterator then draws the workers' base seed from it, not from the
+        # global RNG, which a task's forward may use (Gumbel noise, dropout) and a resumed run restores
+        generator=torch.Generator().manual_seed(seed),
     )
     if isinstance(dataset, IterableDataset):
         return DataLoader(dataset, batch_size=global_batch // world, **common)

@@ -13,8 +13,9 @@
 
 from __future__ import annotations
 
+from ..dense import Segmentation, overlay, parse_labels
 from ..systems.lseg import LSeg, LSegConfig, LSegOptions
-from ..systems.lseg.infer import Segmentation, evaluate_segmentation, overlay, parse_labels, predict, segment
+from ..systems.lseg.infer import evaluate_segmentation, predict, segment
 from ..systems.lseg.study import StudySettings, run_study
 
 __all__ = [

@@ -2,15 +2,15 @@
 
 Registers `lseg`: the model (a DPT decoder on a CLIP image tower, labels embedded by the frozen CLIP
 text tower), its presets, the per-pixel cross-entropy task, the `segmentation` evaluator, the
-`shapes` recipe, `clipforge segment` and the zero-shot fold study `clipforge study lseg`.
+`shapes` recipe, the segmenter behind `clipforge segment` and the zero-shot fold study `clipforge study lseg`.
 Every run builds on a CLIP: `clipforge train lseg --clip NAME|PATH` (default: `shapes`).
 """
 
 from __future__ import annotations
 
 from ...registry import Evaluator, System, register_system
-from .cli import STUDIES, VERBS
-from .infer import evaluate_segmentation
+from .cli import STUDIES
+from .infer import evaluate_segmentation, segment
 from .model import LSeg, LSegConfig, describe
 from .presets import PRESETS
 from .recipes import RECIPES
@@ -42,7 +42,7 @@ SYSTEM = register_system(
         default_preset="lseg-shapes",
         evaluators=EVALUATORS,
         recipes=RECIPES,
-        verbs=VERBS,
+        segmenter=segment,
         studies=STUDIES,
         sample_data="synthetic:n=64",
         describe=describe,

@@ -1,54 +1,11 @@
-"""The LSeg commands: `clipforge segment` and `clipforge study lseg`."""
+"""The LSeg study command: `clipforge study lseg` (`clipforge segment` is shared: clipforge.dense)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from ...registry import Verb
-
-
-def _segment_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", help="image files to segment")
-    p.add_argument("--model", required=True, help="an LSeg checkpoint (clipforge train lseg ...)")
-    p.add_argument("--labels", required=True, help='comma-separated label texts, e.g. "circle,square,background"')
-    p.add_argument("--out", default="segments", help="folder for NAME.overlay.png, NAME.mask.png and areas.json")
-    p.add_argument("--templates", default=None, help="prompt templates of the labels (default: the model's own)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: a GPU if there is one)")
-
-
-def _segment(args: argparse.Namespace) -> int:
-    from ...checkpoints import load
-    from ...errors import ConfigError
-    from ...eval.run import pick_device, write_json
-    from ...eval.segmentation import write_mask
-    from ...transforms import load_image
-    from .infer import overlay, parse_labels, segment
-    from .model import LSeg
-
-    labels = parse_labels(args.labels)
-    model = load(args.model)
-    if not isinstance(model, LSeg):
-        raise ConfigError(f"{args.model} holds a {type(model).__name__}, not an LSeg model (clipforge train lseg)")
-    model = model.to(pick_device(args.device)).eval()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = {"model": args.model, "labels": labels, "images": {}}
-    for path in args.images:
-        image = load_image(path).convert("RGB")
-        (result,) = segment(model, [image], labels, args.templates)
-        stem = Path(path).stem
-        overlay(image, result.mask, labels).save(out / f"{stem}.overlay.png")
-        write_mask(result.mask, out / f"{stem}.mask.png")
-        report["images"][str(path)] = {
-            "overlay": str(out / f"{stem}.overlay.png"),
-            "mask": str(out / f"{stem}.mask.png"),
-            "areas": result.areas,
-        }
-    write_json(report, out / "areas.json")
-    print(json.dumps({"images": len(args.images), "out": str(out), "areas": str(out / "areas.json")}))
-    return 0
 
 
 def _study_args(p: argparse.ArgumentParser) -> None:
@@ -83,5 +40,4 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
-VERBS = (Verb("segment", "label every pixel of images with any label texts (LSeg)", _segment_args, _segment),)
 STUDIES = {"lseg": Verb("lseg", "PASCAL-5i-style zero-shot folds on the synthetic world", _study_args, _study)}

@@ -1,10 +1,9 @@
-"""Using a trained LSeg: label maps for any label set, overlays, per-label areas, and the evaluator
-behind `clipforge eval --task segmentation --model CKPT --data ...`."""
+"""Using a trained LSeg: label maps for any label set (`clipforge segment`), and the evaluator behind
+`clipforge eval --task segmentation --model CKPT --data ...`."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,29 +13,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...data.segmentation import collate_segmentation, segmentation_dataset
+from ...dense import Segmentation, parse_labels
 from ...errors import ConfigError
-from ...eval.segmentation import confusion_matrix, segmentation_scores, voc_palette
+from ...eval.segmentation import confusion_matrix, segmentation_scores
 from ...transforms import image_to_tensor, load_image
 from .model import LSeg
-
-
-@dataclass
-class Segmentation:
-    """One image's result: the label map at the image's own size and each label's share of it."""
-
-    mask: np.ndarray  # (H, W) index into `labels`
-    labels: list[str]
-    areas: dict[str, dict[str, float]]  # label -> {"pixels", "fraction"}
-
-
-def parse_labels(labels: str | Sequence[str]) -> list[str]:
-    """'circle, square,other' -> ['circle', 'square', 'other']; duplicates and empty labels are errors."""
-    out = [s.strip() for s in labels.split(",")] if isinstance(labels, str) else [str(s).strip() for s in labels]
-    if not out or any(not s for s in out):
-        raise ConfigError(f"labels must be non-empty names separated by commas, got {labels!r}")
-    if len(set(out)) != len(out):
-        raise ConfigError(f"labels repeat a name: {labels!r}")
-    return out
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -61,9 +42,12 @@ def segment(
     images: Iterable[str | Path | Image.Image],
     labels: str | Sequence[str],
     templates: str | None = None,
+    threshold: float | None = None,
 ) -> list[Segmentation]:
     """Label every pixel of each image (a path or PIL image) with one of `labels`; results are at each
     image's own size (the model sees it squashed to its input size, logits resized back)."""
+    if threshold is not None:
+        raise ConfigError("LSeg gives every pixel its most similar label; --threshold applies to groupvit models")
     labels = parse_labels(labels)
     embeds = model.encode_labels(labels, templates)
     pre, size = model.clip.config.preprocess, model.image_size
@@ -73,31 +57,8 @@ def segment(
         x = image_to_tensor(image.resize((size, size), Image.BILINEAR), pre.mean, pre.std)[None]
         logits = predict(model, x, embeds)  # (1, N, S, S)
         logits = F.interpolate(logits, size=image.size[::-1], mode="bilinear", align_corners=False)
-        mask = logits[0].argmax(0).numpy().astype(np.int64)
-        counts = np.bincount(mask.ravel(), minlength=len(labels))
-        total = max(1, mask.size)
-        areas = {n: {"pixels": int(c), "fraction": round(float(c) / total, 6)} for n, c in zip(labels, counts)}
-        results.append(Segmentation(mask, labels, areas))
+        results.append(Segmentation.of(logits[0].argmax(0).numpy(), labels))
     return results
-
-
-def overlay(image: Image.Image, mask: np.ndarray, labels: Sequence[str], alpha: float = 0.5) -> Image.Image:
-    """The image with each label's pixels tinted in its colour (VOC palette from index 1) and a legend."""
-    from PIL import ImageDraw
-
-    palette = np.array(voc_palette(), dtype=np.float32).reshape(256, 3)[1 : len(labels) + 1]
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    tinted = (1 - alpha) * base + alpha * palette[mask]
-    out = Image.fromarray(tinted.clip(0, 255).astype(np.uint8))
-    legend = Image.new("RGB", (out.width, 14 * len(labels) + 4), (255, 255, 255))
-    draw = ImageDraw.Draw(legend)
-    for i, name in enumerate(labels):
-        draw.rectangle((4, 4 + 14 * i, 14, 14 + 14 * i), fill=tuple(int(c) for c in palette[i]))
-        draw.text((20, 3 + 14 * i), name, fill=(0, 0, 0))
-    canvas = Image.new("RGB", (out.width, out.height + legend.height), (255, 255, 255))
-    canvas.paste(out, (0, 0))
-    canvas.paste(legend, (0, out.height))
-    return canvas
 
 
 @torch.no_grad()

@@ -1,0 +1,23 @@
+"""GroupViT presets. With --clip, the CLIP's text tower, joint width and preprocessing replace the
+preset's (the grouping image tower is always new)."""
+
+from __future__ import annotations
+
+from ...config import TextConfig
+from .model import GroupViTConfig
+
+PRESETS = {
+    # the synthetic world: 64 px, 4-px patches (256 tokens) -> 16 -> 4 segments; the `shapes` text tower
+    "groupvit-shapes": GroupViTConfig(
+        embed_dim=128,
+        image_size=64,
+        patch_size=4,
+        width=128,
+        head_width=32,
+        depths=(2, 2, 1),
+        groups=(16, 4),
+        text=TextConfig(width=128, layers=1, head_width=32, act="gelu"),
+    ),
+    # the paper's ViT-S: 224 px, 16-px patches (196 tokens) -> 64 -> 8 segments, 12-layer text tower
+    "groupvit-s": GroupViTConfig(),
+}

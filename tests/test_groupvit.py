@@ -1,0 +1,158 @@
+"""GroupViT: no masks on the training path, the Gumbel grouping's forward and backward, token counts per
+stage, the multi-label loss by hand, zero-shot segmentation through `clipforge segment` and `eval`,
+and the study's report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import clipforge
+from clipforge.cli import main
+from clipforge.data.synthetic import SyntheticWorld
+from clipforge.registry import get_system
+from clipforge.systems.groupvit import GroupViT, GroupViTOptions, GroupViTTask
+from clipforge.systems.groupvit.model import GroupingBlock
+from clipforge.systems.groupvit.task import caption_prompts, load_nouns
+from clipforge.train.prepare import build_model, prepare_run
+
+
+def _model(preset="groupvit-shapes") -> GroupViT:
+    return build_model(get_system("groupvit"), get_system("groupvit").preset(preset), seed=0)
+
+
+def test_the_training_data_path_yields_no_masks():
+    run = prepare_run("groupvit", data="synthetic:n=16")
+    items = [run.dataset[i] for i in range(8)]
+    assert all(set(it) == {"image", "caption", "skipped"} for it in items)
+    batch = run.task.collate(items)
+    assert set(batch) == {"images", "tokens", "captions", "skipped", "prompts"}
+    outputs = run.task.forward(run.model, batch)
+    assert not any("mask" in k for k in (*batch, *outputs))
+
+
+def test_gumbel_assignment_is_one_hot_forward_and_passes_gradients_backward():
+    block = GroupingBlock(32, 2, 4, 4, 4.0, tau=1.0).train()
+    logits = torch.randn(2, 4, 10, requires_grad=True)
+    hard = block.assign(logits)
+    assert set(hard.detach().unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(hard.detach().sum(dim=1), torch.ones(2, 10))  # each token in exactly one group
+    (hard * torch.randn_like(hard)).sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0  # straight-through: the soft path's gradient
+    block.eval()
+    logits = torch.randn(2, 4, 10, requires_grad=True)
+    hard = block.assign(logits)
+    assert torch.equal(hard.detach().argmax(dim=1), logits.argmax(dim=1))  # no noise at inference
+    (hard * torch.randn_like(hard)).sum().backward()
+    assert logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("preset, tokens", [("groupvit-shapes", (256, 16, 4)), ("groupvit-s", (196, 64, 8))])
+def test_token_counts_shrink_as_configured(preset, tokens):
+    model = _model(preset).eval()
+    size = model.image_size
+    with torch.no_grad():
+        out = model.image_groups(torch.randn(2, 3, size, size))
+    assert [tuple(s.shape) for s in out.soft] == [(2, tokens[1], tokens[0]), (2, tokens[2], tokens[1])]
+    assert out.segments.shape == (2, tokens[2], model.config.embed_dim)
+    for soft in out.soft:
+        torch.testing.assert_close(soft.sum(dim=1), torch.ones(soft.shape[0], soft.shape[2]))
+    maps = model.pixel_groups(out.soft, (size, size))
+    assert maps.shape == (2, tokens[2], size, size)
+    torch.testing.assert_close(maps.sum(dim=1), torch.ones(2, size, size))
+
+
+def test_caption_prompts_use_the_nouns_and_pad_with_the_caption(tmp_path):
+    nouns = load_nouns("")
+    assert caption_prompts("a red circle and a blue star", nouns, 3, "a photo of a {}.") == [
+        "a photo of a circle.",
+        "a photo of a star.",
+        "a red circle and a blue star",
+    ]
+    three = caption_prompts("a circle, a star, a cross and a square", nouns, 2, "{}")
+    assert len(three) == 2 and set(three) <= {"circle", "star", "cross", "square"} and len(set(three)) == 2
+    (tmp_path / "nouns.txt").write_text("dog\ncat\n")
+    assert caption_prompts("A Dog!", load_nouns(str(tmp_path / "nouns.txt")), 1, "{}") == ["dog"]
+
+
+def test_multi_label_loss_by_hand():
+    task = GroupViTTask(_model(), GroupViTOptions(multi_label=2))
+    g = torch.Generator().manual_seed(0)
+    image = F.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    prompts = F.normalize(torch.randn(3, 2, 8, generator=g), dim=-1)
+    text = F.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    out = {"image": image, "text": text, "prompts": prompts, "scale": torch.tensor(10.0), "ml_scale": torch.tensor(5.0)}
+    loss = task.loss(out)["multi_label"]
+    logits = 5.0 * image @ prompts.reshape(6, 8).T  # (3 images, 6 prompts)
+    image_side = -np.mean([np.log(logits[i].softmax(0)[2 * i : 2 * i + 2].numpy()).sum() / 2 for i in range(3)])
+    prompt_side = np.mean([-np.log(logits[:, j].softmax(0)[j // 2].item()) for j in range(6)])
+    assert loss.item() == pytest.approx(0.5 * (image_side + prompt_side), rel=1e-5)
+
+
+def test_from_clip_takes_the_text_tower_and_locks_it():
+    clip = clipforge.load("shapes")
+    run = prepare_run("groupvit", data="synthetic:n=8")
+    model = run.model
+    ref = clip.text.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in model.text.state_dict().items())
+    run.task.configure(model)
+    assert not any(p.requires_grad for p in model.text.parameters())
+    assert model.multi_label_logit_scale.requires_grad and model.positional_embedding.requires_grad
+
+
+def test_train_segment_and_eval_through_the_command(tmp_path, capsys):
+    args = ["train", "groupvit", "--data", "synthetic:n=64", "--steps", "3", "--batch-size", "8", "--workers", "0"]
+    assert main([*args, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model = clipforge.load(summary["model"])
+    assert isinstance(model, GroupViT)
+    image = tmp_path / "scene.png"
+    SyntheticWorld(1, 64, "val")[0].image.resize((80, 48)).save(image)
+    out = tmp_path / "seg"
+    labels = "background,circle,square,star"
+    assert main(["segment", str(image), "--model", summary["model"], "--labels", labels, "--out", str(out)]) == 0
+    entry = json.loads((out / "areas.json").read_text())["images"][str(image)]
+    assert sum(a["pixels"] for a in entry["areas"].values()) == 80 * 48
+    assert Image.open(entry["mask"]).size == (80, 48)
+    assert main(["segment", str(image), "--model", summary["model"], "--labels", "background"]) == 2
+    capsys.readouterr()
+    res = tmp_path / "eval.json"
+    args = ["eval", "--model", summary["model"], "--task", "segmentation", "--data", "synthetic:n=8", "--out", str(res)]
+    assert main([*args, "--threshold", "0.5"]) == 0
+    metrics = json.loads(res.read_text())["metrics"]
+    assert metrics["threshold"] == 0.5 and len(metrics["per_class_iou"]) == 9 and 0 <= metrics["miou"] <= 1
+
+
+def test_threshold_decides_background_but_never_every_group():
+    from clipforge.systems.groupvit.infer import class_embeddings, group_labels
+
+    model = _model().eval()
+    images = torch.randn(3, 3, 64, 64)
+    embeds = class_embeddings(model, ["circle", "square"])
+    none = group_labels(model, images, embeds, 0.0)
+    assert (none.labels > 0).all()  # nothing is under a threshold of 0
+    every = group_labels(model, images, embeds, 1.0)
+    best = every.group_probs.max(dim=-1).values  # (B, G)
+    for i in range(3):  # only each image's most confident group(s) stay foreground (if they own pixels)
+        kept = {int(g) for g in every.groups[i][every.labels[i] > 0].unique()}
+        assert all(best[i, g] == best[i].max() for g in kept)
+        owned = {int(g) for g in every.groups[i].unique()}
+        assert kept == {g for g in owned if best[i, g] == best[i].max()}
+
+
+def test_study_writes_the_family_report(tmp_path):
+    from clipforge.systems.groupvit.study import StudySettings, run_study
+
+    report = run_study(tmp_path, StudySettings(steps=2, batch_size=8, test_images=16, progress=False))
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["system"] == "groupvit" and on_disk["seconds"] > 0
+    assert {"miou", "oracle_miou"} <= set(on_disk["metrics"])
+    assert {"all_background_miou", "image_label_miou"} <= set(on_disk["baselines"])
+    assert on_disk["metrics"]["oracle_miou"] >= on_disk["baselines"]["all_background_miou"]  # groups can only help
+    assert all({"claim", "paper", "measured", "reproduced"} <= set(c) for c in report["claims"])
+    assert (tmp_path / "groupvit_groups.png").stat().st_size > 0
