@@ -136,6 +136,44 @@ def prepare_run(
     return Run(system, task, dataset, train_config, evaluate)
 
 
+def train_recipe(
+    system: str,
+    recipe: str,
+    out: str,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int = 0,
+    progress: bool = True,
+    clip: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> torch.nn.Module:
+    """Train `recipe` of `system` into `out` with these few settings changed, replacing an earlier run
+    there and checkpointing only at the end; the model comes back on the CPU in eval mode. What the
+    studies run, fold after fold."""
+    from .loop import train
+
+    run = prepare_run(
+        system,
+        recipe=recipe,
+        clip=clip,
+        settings=settings,
+        train={
+            "out": str(out),
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "progress": progress,
+            "overwrite": True,
+            "checkpoint_every_s": 1e9,
+        },
+    )
+    train(run.task, run.dataset, run.config)
+    return run.model.cpu().eval()
+
+
 def _pretrained(system: System, name: str, model: str | None, config_changes: Mapping[str, Any]) -> torch.nn.Module:
     from ..checkpoints import load
     from ..registry import system_of

@@ -24,8 +24,7 @@ from ...data.segmentation import SYNTHETIC_CLASSES, SyntheticSegmentation, colla
 from ...data.synthetic import SyntheticWorld
 from ...eval.run import write_json
 from ...eval.segmentation import confusion_matrix, segmentation_scores
-from ...train import train
-from ...train.prepare import prepare_run
+from ...train.prepare import train_recipe
 from .infer import class_embeddings, group_labels
 from .model import GroupViT
 
@@ -47,23 +46,10 @@ class StudySettings:
 
 
 def _train(out: Path, s: StudySettings) -> GroupViT:
-    run = prepare_run(
-        "groupvit",
-        recipe="shapes",
-        clip=s.clip,
-        train={
-            "out": str(out),
-            "steps": s.steps,
-            "batch_size": s.batch_size,
-            "lr": s.lr,
-            "seed": s.seed,
-            "progress": s.progress,
-            "overwrite": True,
-            "checkpoint_every_s": 1e9,
-        },
-    )
-    train(run.task, run.dataset, run.config)
-    return run.model.cpu().eval()
+    return train_recipe(
+        "groupvit", "shapes", str(out), steps=s.steps, batch_size=s.batch_size, lr=s.lr, seed=s.seed,
+        progress=s.progress, clip=s.clip,
+    )  # fmt: skip
 
 
 @torch.no_grad()

@@ -27,8 +27,7 @@ from ...data.segmentation import SYNTHETIC_CLASSES, SyntheticSegmentation, colla
 from ...data.synthetic import SHAPES, SyntheticWorld
 from ...eval.run import write_json
 from ...eval.segmentation import confusion_matrix, fb_iou, iou_per_class
-from ...train import train
-from ...train.prepare import prepare_run
+from ...train.prepare import train_recipe
 from .model import LSeg
 
 FOLDS = tuple(SHAPES[2 * i : 2 * i + 2] for i in range(4))  # (circle, square), (triangle, diamond), ...
@@ -114,24 +113,11 @@ def score_fold(model: LSeg, pixels: torch.Tensor, masks: np.ndarray, unseen: tup
 
 def _train_fold(out: Path, s: StudySettings, unseen: tuple[str, ...], clip: str, clip_dense: bool = True) -> LSeg:
     """LSeg's zero-shot training (episodes of {background, one seen class}) with `unseen` ignored."""
-    run = prepare_run(
-        "lseg",
-        recipe="shapes",
-        clip=clip,
-        settings={"unseen": ",".join(unseen), "episodes": True, "clip_dense": clip_dense},
-        train={
-            "out": str(out),
-            "steps": s.steps,
-            "batch_size": s.batch_size,
-            "lr": s.lr,
-            "seed": s.seed,
-            "progress": s.progress,
-            "overwrite": True,
-            "checkpoint_every_s": 1e9,
-        },
-    )
-    train(run.task, run.dataset, run.config)
-    return run.model.cpu().eval()
+    settings = {"unseen": ",".join(unseen), "episodes": True, "clip_dense": clip_dense}
+    return train_recipe(
+        "lseg", "shapes", str(out), steps=s.steps, batch_size=s.batch_size, lr=s.lr, seed=s.seed,
+        progress=s.progress, clip=clip, settings=settings,
+    )  # fmt: skip
 
 
 def run_study(out: str | Path, s: StudySettings = StudySettings()) -> dict[str, Any]:
