@@ -19,10 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..._io import atomic_write
 from ...data.segmentation import SYNTHETIC_CLASSES, SyntheticSegmentation, collate_segmentation
 from ...data.synthetic import SyntheticWorld
-from ...eval.run import write_json
+from ...eval.report import claim_lines, save_figure, write_report
 from ...eval.segmentation import confusion_matrix, segmentation_scores
 from ...train.prepare import train_recipe
 from .infer import class_embeddings, group_labels
@@ -117,8 +116,7 @@ def run_study(out: str | Path, s: StudySettings = StudySettings()) -> dict[str, 
     _figure(model, out / "groupvit_groups.png", s.seed + 1, threshold)
     report = _report(s, result, threshold, time.time() - start)
     report["threshold_selection"] = {"scenes": max(16, s.test_images // 2), "miou_by_threshold": sweep}
-    write_json(report, out / "report.json")
-    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(_markdown(report)))
+    write_report(out, report, _markdown)
     return report
 
 
@@ -218,8 +216,7 @@ def _figure(model: GroupViT, path: Path, seed: int, threshold: float) -> None:
     fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
     fig.suptitle("GroupViT trained on captions only: each group's pixels, and the labels they got", fontsize=9)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _markdown(r: dict[str, Any]) -> str:
@@ -244,7 +241,5 @@ def _markdown(r: dict[str, Any]) -> str:
         "## Claims",
         "",
     ]
-    for c in r["claims"]:
-        verdict = {True: "reproduced", False: "not reproduced", None: "not measurable here"}[c["reproduced"]]
-        lines.append(f"- **{verdict}**: {c['claim']}. Paper: {c['paper']}. Measured: {c['measured']}.")
+    lines += claim_lines(r["claims"])
     return "\n".join(lines) + "\n"

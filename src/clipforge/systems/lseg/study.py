@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..._io import atomic_write
 from ...data.segmentation import SYNTHETIC_CLASSES, SyntheticSegmentation, collate_segmentation
 from ...data.synthetic import SHAPES, SyntheticWorld
-from ...eval.run import write_json
+from ...eval.report import claim_lines, save_figure, write_report
 from ...eval.segmentation import confusion_matrix, fb_iou, iou_per_class
 from ...train.prepare import train_recipe
 from .model import LSeg
@@ -145,8 +144,7 @@ def run_study(out: str | Path, s: StudySettings = StudySettings()) -> dict[str, 
         ablation["fold"] = f
     report = _report(s, folds, random_folds, time.time() - start, ablation)
     _figure(examples, out / "lseg_unseen.png")
-    write_json(report, out / "report.json")
-    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(_markdown(report)))
+    write_report(out, report, _markdown)
     return report
 
 
@@ -261,8 +259,7 @@ def _figure(rows: list, path: Path) -> None:
     handles = [Patch(color=cmap(i), label=name) for i, name in enumerate(SYNTHETIC_CLASSES)]
     fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _markdown(r: dict[str, Any]) -> str:
@@ -299,7 +296,5 @@ def _markdown(r: dict[str, Any]) -> str:
             "unseen shape among all the others is what CLIP's own dense embedding brings.",
         ]
     lines += ["", "## Claims", ""]
-    for c in r["claims"]:
-        verdict = {True: "reproduced", False: "not reproduced", None: "not measurable here"}[c["reproduced"]]
-        lines.append(f"- **{verdict}**: {c['claim']}. Paper: {c['paper']}. Measured: {c['measured']}.")
+    lines += claim_lines(r["claims"])
     return "\n".join(lines) + "\n"
