@@ -16,7 +16,7 @@ Convolutions learn shape from few images far faster than a ViT of the same size,
 1-layer text tower learns faster per second and composes colour and shape better than the preset's
 four. `clipforge quickstart` trains this recipe (with the step count calibrated to the machine) and
 reports what it learned: zero-shot shape accuracy on colour-shape pairs never seen in training
-reached 95.7-99.3% in the runs recorded in docs/benchmarks.md (the shipped `shapes` model, trained by
+reached 95.7-99.4% in the runs recorded in docs/benchmarks.md (the shipped `shapes` model, trained by
 this recipe, 95.9%).""",
     model="tiny-rn",
     data="synthetic:n=1000000",
