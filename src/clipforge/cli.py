@@ -1,5 +1,5 @@
-"""The `clipforge` command: a fixed set of generic verbs (train, eval, models, convert, data, study, segment)
-plus the verbs each registered system declares in its own package. Every verb is a thin wrapper
+"""The `clipforge` command: a fixed set of generic verbs (train, eval, models, convert, data, study, segment,
+detect) plus the verbs each registered system declares in its own package. Every verb is a thin wrapper
 over the Python API."""
 
 from __future__ import annotations
@@ -210,6 +210,10 @@ def _data(args: argparse.Namespace) -> int:
     world = SyntheticWorld(args.n, args.size, args.split, args.seed)
     if args.format == "csv":
         where = write_csv_folder(world, args.out, progress=True)
+    elif args.format == "coco":
+        from .data.detection import write_coco_folder
+
+        where = write_coco_folder(world, args.out, progress=True)
     else:
         where = write_webdataset(world, args.out, args.shard_size, progress=True)
     print(json.dumps({"samples": args.n, "split": args.split, "format": args.format, "data": str(where)}))
@@ -235,8 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="weights: a checkpoint, hf-hub:ORG/REPO or a pretrained name")
     p.add_argument("--task", required=True, choices=evaluator_names())
     p.add_argument("--data", default=None, help="digits, synthetic[:label=shape,...], a class-folder root, ...")
-    p.add_argument("--pred", default=None, help="segmentation: a folder of predicted PNG masks to score (no --model)")
-    p.add_argument("--gt", default=None, help="segmentation: the folder of ground-truth PNG masks of the same names")
+    p.add_argument(
+        "--pred",
+        default=None,
+        help="score files, no --model: a folder of PNG masks (segmentation), COCO results JSON (detection)",
+    )
+    p.add_argument(
+        "--gt", default=None, help="the ground truth of --pred: a folder of PNG masks, a COCO instances JSON"
+    )
     p.add_argument("--act", default=None, choices=["gelu", "quick_gelu"], help="activation of ambiguous weights")
     p.add_argument("--out", default=None, help="write the JSON result here")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: a GPU if there is one)")
@@ -258,9 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="preset naming the architecture where weights cannot tell it")
     p.add_argument("--act", default=None, choices=["gelu", "quick_gelu"])
     p.set_defaults(func=_convert)
-    p = _add(sub, "data", "write the synthetic world as a CSV folder or WebDataset shards")
+    p = _add(sub, "data", "write the synthetic world as a CSV folder, WebDataset shards or a COCO detection folder")
     p.add_argument("--out", required=True)
-    p.add_argument("--format", choices=["csv", "wds"], default="wds")
+    p.add_argument(
+        "--format", choices=["csv", "wds", "coco"], default="wds", help="coco: images/ + instances.json (boxes)"
+    )
     p.add_argument("--n", type=int, default=10_000)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--split", choices=["train", "val", "heldout"], default="train")
@@ -272,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "segment", "label every pixel of images with any label texts (lseg, groupvit models)")
     segment_arguments(p)
     p.set_defaults(func=run_segment)
+    from .detection.result import detect_arguments, run_detect
+
+    p = _add(sub, "detect", "box the objects of images named by any label texts (vild models)")
+    detect_arguments(p)
+    p.set_defaults(func=run_detect)
     p = _add(sub, "study", "reproduce a paper's central claim at small scale: clipforge study SYSTEM|STUDY")
     studies = p.add_subparsers(dest="study", required=True, parser_class=argparse.ArgumentParser)
     for system in systems:

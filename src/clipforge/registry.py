@@ -24,9 +24,14 @@ from typing import Any
 
 from .errors import ConfigError, UnknownModelError
 
-BUILTIN_SYSTEMS = ("clipforge.systems.clip", "clipforge.systems.lseg", "clipforge.systems.groupvit")
+BUILTIN_SYSTEMS = (
+    "clipforge.systems.clip",
+    "clipforge.systems.lseg",
+    "clipforge.systems.groupvit",
+    "clipforge.systems.vild",
+)
 DEFAULT_SYSTEM = "clip"  # what `clipforge train` trains when it names no system
-CORE_VERBS = ("train", "eval", "models", "convert", "data", "study", "segment")
+CORE_VERBS = ("train", "eval", "models", "convert", "data", "study", "segment", "detect")
 # `clipforge train` options of its own; a system's options generate flags beside them and TrainConfig's
 TRAIN_COMMAND_OPTIONS = ("recipe", "model", "data", "set", "pretrained", "val_data", "val_task", "clip")
 ENTRY_POINT_GROUP = "clipforge.systems"
@@ -123,6 +128,9 @@ class System:
     # Systems that label pixels: `segmenter(model, images, labels, **options)` -> one
     # `clipforge.dense.Segmentation` per PIL image (`clipforge segment`)
     segmenter: Callable[..., Any] | None = None
+    # Systems that box objects: `detector(model, images, labels, **options)` -> one
+    # `clipforge.detection.Detections` per PIL image, in its pixels (`clipforge detect`)
+    detector: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.config) or not dataclasses.is_dataclass(self.options):

@@ -41,7 +41,7 @@ def evaluator_options(evaluator: Evaluator, value: Callable[[str, dict[str, Any]
 
 def evaluator_names() -> list[str]:
     """Every evaluator name of every registered system (what `clipforge eval --task` accepts)."""
-    return list(dict.fromkeys(name for s in list_systems() for name in get_system(s).evaluators))
+    return list(dict.fromkeys([*(name for s in list_systems() for name in get_system(s).evaluators), *FILE_TASKS]))
 
 
 def run_eval(model: torch.nn.Module, task: str, data: str, *, model_name: str = "", **options: Any) -> dict[str, Any]:
@@ -58,15 +58,22 @@ def run_eval(model: torch.nn.Module, task: str, data: str, *, model_name: str = 
     return {"dataset": data, "model": model_name, "task": task, "metrics": metrics}
 
 
-FILE_TASKS = ("segmentation",)  # tasks that also score a user's own prediction files
+FILE_TASKS = ("segmentation", "detection")  # tasks that also score a user's own prediction files
 
 
 def score_files(task: str, pred: str | None, gt: str | None, classes: str | None) -> dict[str, Any]:
     """Score prediction files against ground-truth files (no model): {"dataset", "model", "task", "metrics"}.
 
-    segmentation: folders of indexed-PNG masks of the same names, and a class-name list."""
+    segmentation: folders of indexed-PNG masks of the same names, and a class-name list.
+    detection: COCO results JSON against a COCO instances JSON (the 12 COCO numbers and per-class AP)."""
     if task not in FILE_TASKS:
         raise ConfigError(f"--pred/--gt score files for {', '.join(FILE_TASKS)}, not {task!r}")
+    if task == "detection":
+        if not pred or not gt:
+            raise ConfigError("scoring detections needs --pred RESULTS.json and --gt INSTANCES.json (COCO formats)")
+        from .detection import coco_evaluate
+
+        return {"dataset": str(gt), "model": str(pred), "task": task, "metrics": coco_evaluate(gt, pred)}
     if not pred or not gt or not classes:
         raise ConfigError("scoring segmentation files needs --pred DIR, --gt DIR and --classes FILE")
     from .segmentation import score_folders

@@ -146,8 +146,10 @@ def train_recipe(
     lr: float,
     seed: int = 0,
     progress: bool = True,
-    clip: str | None = None,
+    clip: str | torch.nn.Module | None = None,
     settings: Mapping[str, Any] | None = None,
+    data: str | None = None,
+    model: str | None = None,
 ) -> torch.nn.Module:
     """Train `recipe` of `system` into `out` with these few settings changed, replacing an earlier run
     there and checkpointing only at the end; the model comes back on the CPU in eval mode. What the
@@ -159,6 +161,8 @@ def train_recipe(
         recipe=recipe,
         clip=clip,
         settings=settings,
+        data=data,
+        model=model,
         train={
             "out": str(out),
             "steps": steps,

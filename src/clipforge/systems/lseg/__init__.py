@@ -23,9 +23,9 @@ EVALUATORS = {
         "with --pred/--gt/--classes instead of --model, scores PNG predictions",
         evaluate_segmentation,
         options={
-            "--labels": {"default": None, "help": "segmentation: label texts, one per class (default: class names)"},
+            "--labels": {"default": None, "help": "label texts, one per class (default: the data's class names)"},
             "--classes": {"default": None, "help": "segmentation: class-name list (one per line; line i = value i)"},
-            "--max-images": {"type": int, "default": None, "help": "segmentation: score only the first N images"},
+            "--max-images": {"type": int, "default": None, "help": "score only the first N images"},
         },
     )
 }
