@@ -1,20 +1,22 @@
 """clipforge against Hugging Face transformers' CLIPModel on the same architecture, weights and inputs,
-in one process: training-step, image-embedding and text-embedding throughput, at bf16 (autocast on
-both sides; only where the hardware has native bf16, unless --precision bf16) and fp32, with achieved
-FLOP/s as a fraction of this machine's measured matmul peak.
+in one process: training-step, image-embedding and text-embedding throughput at equal precision (bf16
+autocast on both sides where bf16 is native, else fp32), with achieved FLOP/s as a fraction of this
+machine's matmul peak measured in the same run.
 
-MFU counts the FLOPs of the standard computation, transformers' (every token through every block),
-for both sides, so it is proportional to throughput; "executed" is each side's own FLOP count over
-its time (clipforge skips work its pooled outputs do not depend on, so it executes fewer).
+The sides alternate round by round (A B, then B A, ...): each round times `--steps` steps of every side
+back to back, so the machine's speed drifts (2x within minutes on shared machines) hit both sides alike.
+Each side's median and spread over the rounds is printed, and the median of the per-round ratios. The
+matmul peak (n = 2048) is measured before the first round and after each one; MFU uses its median and
+counts the FLOPs of the standard computation, transformers' (every token through every block), for
+both sides, so it is proportional to throughput.
 
-    python benchmarks/vs_transformers.py --model ViT-B-32 --batch 32 --steps 5
-    python benchmarks/vs_transformers.py --model small-vit --batch 64 --steps 10
+    python benchmarks/vs_transformers.py --model ViT-B-32 --batch 32 --rounds 5
+    python benchmarks/vs_transformers.py --model small-vit --batch 64 --cases train,image,text
     python benchmarks/vs_transformers.py --device cuda --model ViT-B-32 --batch 256 --embed-batch 512   # GPU
 
 Both sides get captions of 5-25 words padded to the longest caption in the batch (transformers'
 `padding=True`, its documented setting), SDPA attention, and torch.optim.AdamW (`--optimizer`:
-foreach by default, or fused). Peak memory is the increase over the memory in use before the case:
-heap memory in use (glibc mallinfo2) sampled every 1 ms on the CPU, `torch.cuda.max_memory_allocated` on a GPU.
+foreach by default, or fused).
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ from __future__ import annotations
 import argparse
 import platform
 import random
-import threading
+import statistics
 import time
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -61,51 +62,6 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
         a @ b
     sync()
     return 2 * n**3 * reps / (time.perf_counter() - start)
-
-
-def _heap_in_use() -> int:
-    """Bytes the C allocator has handed out and not taken back (glibc mallinfo2; torch's CPU
-    tensors come from it), so memory freed by an earlier case and reused is not counted twice."""
-    import ctypes
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [
-            (n, ctypes.c_size_t)
-            for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
-        ]
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = MallInfo2
-    info = libc.mallinfo2()
-    return info.uordblks + info.hblkhd
-
-
-@contextmanager
-def peak_memory(result: dict):
-    """Sets result["peak_mib"]: the peak memory in use during the block minus that before it."""
-    if DEVICE.type == "cuda":
-        sync()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        yield
-        sync()
-        result["peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-        return
-    base, peak, done = _heap_in_use(), [0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _heap_in_use())
-            time.sleep(0.001)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
-        result["peak_mib"] = (max(peak[0], _heap_in_use()) - base) / 2**20
 
 
 def build(name: str):
@@ -170,23 +126,42 @@ def count_flops(fn, data, bf16: bool) -> float:
     return float(counter.get_total_flops())
 
 
+def cpu_flags() -> str:
+    """The machine's CPU model and the flags that decide matmul speed (from /proc/cpuinfo)."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
+    return f"{model} [{' '.join(f for f in wanted if f in flags) or 'no AVX2'}]"
+
+
+def _stats(values: list[float]) -> str:
+    v = sorted(values)
+    return f"median {statistics.median(v):8.1f} (min {v[0]:.1f}, max {v[-1]:.1f})"
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--embed-batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=3, help="timed steps (or embedding batches) per side per round")
+    p.add_argument("--rounds", type=int, default=5, help="rounds; the sides alternate within and across rounds")
     p.add_argument("--loss-steps", type=int, default=20, help="steps for the bf16-vs-fp32 loss check")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
         "--optimizer", choices=["foreach", "fused"], default="foreach", help="AdamW implementation (both sides)"
     )
     p.add_argument("--compile", action="store_true", help="also time clipforge under torch.compile")
+    p.add_argument("--cases", default="train,image", help="comma-separated: train, image, text")
     p.add_argument(
         "--precision",
         choices=["auto", "both", "bf16", "fp32"],
         default="auto",
-        help="auto: bf16 and fp32 where bf16 is native on the device, else fp32 only",
+        help="auto: bf16 where it is native on the device, else fp32",
     )
     args = p.parse_args()
     global DEVICE
@@ -196,79 +171,79 @@ def main() -> None:
     from clipforge.precision import native_bf16
 
     native = native_bf16(DEVICE)
-    precisions = {"auto": ["bf16", "fp32"] if native else ["fp32"], "both": ["bf16", "fp32"]}.get(
+    precisions = {"auto": ["bf16"] if native else ["fp32"], "both": ["bf16", "fp32"]}.get(
         args.precision, [args.precision]
     )
-    if "bf16" not in precisions:
-        print("bf16 is emulated on this machine (no native bf16 matmul): timing fp32 only (--precision both to force)")
-    peaks = {
-        "bf16": matmul_peak(torch.bfloat16) if "bf16" in precisions else float("nan"),
-        "fp32": matmul_peak(torch.float32),
-    }
-    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{platform.machine()} CPU"
-    print(
-        f"machine: {where}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-        f"matmul peak bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s, fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s"
-    )
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else cpu_flags()
+    print(f"machine: {where}; {torch.get_num_threads()} threads; torch {torch.__version__}")
     size = clipforge.get_config(args.model).vision.image_size
     data = [batch(args.batch, size, rng) for _ in range(4)]
     embed = [batch(args.embed_batch, size, rng) for _ in range(2)]
-    results = {}
-    nominal_flops: dict = {}  # (precision, case) -> transformers' FLOPs, the standard computation
+    sides = ["transformers", "clipforge"] + (["clipforge+compile"] if args.compile else [])
     for precision in precisions:
         bf16 = precision == "bf16"
-        sides = ["transformers", "clipforge"] + (["clipforge+compile"] if args.compile else [])
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        # one model, optimiser and function per side and case, built once; the rounds then alternate
+        fns: dict = {}
+        nominal: dict = {}
         for side in sides:
             ours, theirs = build(args.model)
             model = (theirs if side == "transformers" else ours).train()
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-5, **{args.optimizer: True})
-            step = train_step_fn(side, model, opt)
-            flops = {"train": count_flops(step, data, bf16)}
-            nominal = nominal_flops.setdefault((precision, "train"), flops["train"])
-            if side.endswith("+compile"):  # compile the model's forward; loss, backward and optimiser as before
+            if side.endswith("+compile"):
                 model.forward = torch.compile(model.forward)
-            r: dict = {}
-            with peak_memory(mem := {}):
-                sec, _ = timed(step, data, 2 if side.endswith("+compile") else 1, args.steps, bf16)
-            r["train"], r["train_mib"] = args.batch / sec, mem["peak_mib"]
-            r["train_mfu"] = nominal / sec / peaks[precision]
-            r["train_hfu"] = flops["train"] / sec / peaks[precision]
-            model.eval()
-            with torch.no_grad():
-                if side == "transformers":
-                    img_fn = lambda i, t, m, model=model: model.get_image_features(pixel_values=i)  # noqa: E731
-                    txt_fn = lambda i, t, m, model=model: model.get_text_features(input_ids=t, attention_mask=m)  # noqa: E731
-                else:
-                    img_fn = lambda i, t, m, model=model: model.encode_image(i)  # noqa: E731
-                    txt_fn = lambda i, t, m, model=model: model.encode_text(t)  # noqa: E731
-                for case, fn in (("image", img_fn), ("text", txt_fn)):
-                    flops[case] = count_flops(fn, embed, bf16)
-                    nominal = nominal_flops.setdefault((precision, case), flops[case])
-                    with peak_memory(mem := {}):
-                        sec, _ = timed(lambda *b, fn=fn: (fn(*b), None)[1], embed, 1, 3, bf16)
-                    r[case], r[f"{case}_mib"] = args.embed_batch / sec, mem["peak_mib"]
-                    r[f"{case}_mfu"] = nominal / sec / peaks[precision]
-                    r[f"{case}_hfu"] = flops[case] / sec / peaks[precision]
-            results[(precision, side)] = r
-            print(
-                f"{precision} {side:<18}: "
-                + ", ".join(
-                    f"{label} {r[case]:7.1f} {unit}/s (MFU {r[case + '_mfu']:.1%}, executed {r[case + '_hfu']:.1%}, "
-                    f"+{r[case + '_mib']:.0f} MiB)"
-                    for case, label, unit in (
-                        ("train", "train", "pairs"),
-                        ("image", "image embed", "img"),
-                        ("text", "text embed", "txt"),
-                    )
-                )
-            )
-        b = results[(precision, "transformers")]
-        for side in sides:
-            if side != "transformers":
-                a = results[(precision, side)]
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-5, **{args.optimizer: True})
+            train_fn = train_step_fn(side, model, opt)
+
+            def image_fn(i, t, m, model=model, side=side):
+                with torch.no_grad():
+                    if side == "transformers":
+                        model.get_image_features(pixel_values=i)
+                    else:
+                        model.encode_image(i)
+
+            def text_fn(i, t, m, model=model, side=side):
+                with torch.no_grad():
+                    if side == "transformers":
+                        model.get_text_features(input_ids=t, attention_mask=m)
+                    else:
+                        model.encode_text(t)
+
+            fns[side] = {"train": (train_fn, data, args.batch), "image": (image_fn, embed, args.embed_batch),
+                         "text": (text_fn, embed, args.embed_batch)}  # fmt: skip
+            for case in cases:
+                fn, d, _ = fns[side][case]
+                if side == "transformers":  # the standard computation's FLOPs count for both sides (MFU)
+                    nominal[case] = count_flops(fn, d, bf16)
+                timed(fn, d, 1, 1, bf16)  # warm-up (and compilation) outside the rounds
+        per_round: dict = {(side, case): [] for side in sides for case in cases}
+        peaks = [matmul_peak(dtype)]
+        for r in range(args.rounds):
+            order = sides if r % 2 == 0 else sides[::-1]  # ABAB..., then BA: drift hits both sides alike
+            for case in cases:
+                for side in order:
+                    fn, d, n = fns[side][case]
+                    sec, _ = timed(fn, d, 0, args.steps, bf16)
+                    per_round[(side, case)].append(n / sec)
+            peaks.append(matmul_peak(dtype))
+        peak = statistics.median(peaks)
+        print(
+            f"\n{precision}: {args.rounds} rounds x {args.steps} steps per side; matmul peak (n=2048) median "
+            f"{peak / 1e12:.2f} TFLOP/s (min {min(peaks) / 1e12:.2f}, max {max(peaks) / 1e12:.2f}) over "
+            f"{len(peaks)} measurements between the rounds"
+        )
+        unit = {"train": "pairs/s", "image": "img/s", "text": "txt/s"}
+        for case in cases:
+            for side in sides:
+                v = per_round[(side, case)]
+                mfu = nominal[case] / (fns[side][case][2] / statistics.median(v)) / peak
+                print(f"  {case:<5} {side:<18} {_stats(v)} {unit[case]}  (MFU {mfu:.1%})")
+            base = per_round[("transformers", case)]
+            for side in sides[1:]:
+                ratios = [a / b for a, b in zip(per_round[(side, case)], base)]
                 print(
-                    f"{precision} ratio {side}/transformers: train {a['train'] / b['train']:.2f}x, image "
-                    f"{a['image'] / b['image']:.2f}x, text {a['text'] / b['text']:.2f}x"
+                    f"  {case:<5} {side}/transformers: median of per-round ratios {statistics.median(ratios):.2f}x "
+                    f"(min {min(ratios):.2f}, max {max(ratios):.2f})"
                 )
     # numerical checks: bf16 training loss after N steps vs fp32, and bf16 image embeddings vs fp32
     if "bf16" not in precisions or args.loss_steps <= 0:
