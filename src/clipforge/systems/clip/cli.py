@@ -187,7 +187,52 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _embed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a CLIP: checkpoint, hf-hub:ORG/REPO or pretrained name")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--images",
+        help="a folder, a .csv/.tsv of (image, caption), WebDataset shards (a-{000..009}.tar), synthetic:n=...",
+    )
+    src.add_argument("--texts", help="a file of texts, one per line")
+    p.add_argument("--out", required=True, help="embeddings folder: img_emb/, text_emb/, metadata/ (clip-retrieval's)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--shard-size", type=int, default=10_000, help="rows per .npy/.parquet shard (the unit of resume)")
+    p.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: half the threads)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="of the stored embeddings")
+    p.add_argument("--no-captions", action="store_true", help="do not embed the source's captions (text_emb)")
+    p.add_argument("--act", default=None, choices=["gelu", "quick_gelu"])
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: a GPU if there is one)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import json
+
+    from ...checkpoints import load
+    from ...embed import embed_images, embed_texts
+    from ...eval.run import pick_device
+
+    model = load(args.model, **({"act": args.act} if args.act else {})).to(pick_device(args.device)).eval()
+    if not hasattr(model, "encode_image"):
+        from ...errors import ConfigError
+
+        raise ConfigError(f"{args.model} is not a CLIP model (clipforge embed needs encode_image/encode_text)")
+    if args.texts:
+        result = embed_texts(model, args.texts, args.out, precision=args.precision, dtype=args.dtype)
+    else:
+        result = embed_images(
+            model, args.images, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
+            workers=args.workers, precision=args.precision, captions=not args.no_captions, dtype=args.dtype,
+            progress=not args.no_progress, model_name=args.model,
+        )  # fmt: skip
+    print(json.dumps(result.__dict__))
+    return 0
+
+
 VERBS = (
+    Verb("embed", "embed a folder, CSV, WebDataset or file of texts into clip-retrieval's layout", _embed_args, _embed),
     Verb("demo", "zero-shot demo on drawn shapes (random weights)", _demo_args, _demo),
     Verb("zeroshot", "classify images by text labels", _zeroshot_args, _zeroshot),
     Verb(
