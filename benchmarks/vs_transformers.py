@@ -215,7 +215,9 @@ def main() -> None:
                 fn, d, _ = fns[side][case]
                 if side == "transformers":  # the standard computation's FLOPs count for both sides (MFU)
                     nominal[case] = count_flops(fn, d, bf16)
+                t0 = time.perf_counter()
                 timed(fn, d, 1, 1, bf16)  # warm-up (and compilation) outside the rounds
+                print(f"  {side} {case}: first two calls (warm-up, compilation) {time.perf_counter() - t0:.1f} s")
         per_round: dict = {(side, case): [] for side in sides for case in cases}
         peaks = [matmul_peak(dtype)]
         for r in range(args.rounds):

@@ -111,5 +111,30 @@ def test_embed_command_and_bad_input(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["embedded"] == 12
     with pytest.raises(ConfigError, match="image source"):
         embed_images(clipforge.create_model("tiny-rn"), str(tmp_path / "nothing.bin"), tmp_path / "x")
-    with pytest.raises(ConfigError, match="no img_emb"):
+    assert not (tmp_path / "x").exists()  # a bad source writes nothing
+    with pytest.raises(ConfigError, match="no complete img_emb"):
         EmbeddingIndex(tmp_path / "x")
+
+
+def test_trailing_undecodable_images_still_complete_the_run_and_settings_must_match(model, tmp_path):
+    from clipforge.data.synthetic import SyntheticWorld
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    world = SyntheticWorld(7, 64, "val", 0)
+    for i in range(7):
+        world[i].image.save(folder / f"{i}.png")
+    for i in (4, 5, 6):  # the last two shards (of size 2) hold only damaged files
+        (folder / f"{i}.png").write_bytes(b"junk")
+    common = {"batch_size": 4, "shard_size": 2, "workers": 0, "progress": False}
+    r = embed_images(model, str(folder), tmp_path / "out", **common)
+    assert (r.embedded, r.skipped) == (4, 3)
+    assert sorted(p.name for p in (tmp_path / "out" / "metadata").iterdir()) == [
+        f"metadata_{k}.parquet" for k in range(4)
+    ]
+    empty = np.load(tmp_path / "out" / "img_emb" / "img_emb_3.npy")
+    assert empty.shape == (0, model.config.embed_dim) and empty.dtype == np.float16
+    again = embed_images(model, str(folder), tmp_path / "out", **common)  # finished: nothing more to do
+    assert again.embedded == 0 and len(list((tmp_path / "out" / "metadata").iterdir())) == 4
+    with pytest.raises(ConfigError, match="other settings.*shard_size"):
+        embed_images(model, str(folder), tmp_path / "out", **{**common, "shard_size": 3})

@@ -33,6 +33,29 @@ SUBDIRS = ("img_emb", "text_emb", "metadata")
 
 
 # ------------------------------------------------------------------------------------------ sources
+class _SyntheticImage:
+    """Item i of a synthetic world: its image, or its caption (picklable, for spawn-started workers)."""
+
+    def __init__(self, world, what: str) -> None:
+        self.world, self.what = world, what
+
+    def __call__(self, i: int):
+        scene = self.world[i]
+        return scene.image if self.what == "image" else scene.caption
+
+
+class _FileImage:
+    """The image file of item i."""
+
+    def __init__(self, items: Sequence[tuple[str, str]]) -> None:
+        self.items = items
+
+    def __call__(self, i: int):
+        from .transforms import load_image
+
+        return load_image(self.items[i][0])
+
+
 class _Indexed(Dataset):
     """Map-style items (key, caption, image loader) from `start` on; a failed decode gives image None."""
 
@@ -94,7 +117,6 @@ def open_source(spec: str, transform, start: int = 0) -> tuple[Dataset | Iterabl
     """The items of an image source from item `start` on, and how many there are in all (None: unknown,
     for WebDataset shards)."""
     from .data.sources import IMAGE_EXTS, read_csv_pairs
-    from .transforms import load_image
 
     if spec == "synthetic" or spec.startswith("synthetic:"):
         from .data.sources import _check_synthetic
@@ -109,14 +131,9 @@ def open_source(spec: str, transform, start: int = 0) -> tuple[Dataset | Iterabl
         _check_synthetic(opts)
         world = SyntheticWorld(opts["n"], opts["size"], opts["split"], opts["seed"])
         items = [(f"synthetic/{opts['split']}/{i}", "") for i in range(len(world))]
-
-        def load(i: int):
-            return world[i].image
-
-        def caption(i: int) -> str:
-            return world[i].caption
-
-        return _Indexed(items, load, transform, start, caption), len(items)
+        return _Indexed(
+            items, _SyntheticImage(world, "image"), transform, start, _SyntheticImage(world, "caption")
+        ), len(items)
     path = Path(spec)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
@@ -129,7 +146,7 @@ def open_source(spec: str, transform, start: int = 0) -> tuple[Dataset | Iterabl
         return _Shards(spec, transform, start), None
     else:
         raise ConfigError(f"image source {spec!r}: give a folder, a .csv/.tsv, WebDataset .tar shards or synthetic:...")
-    return _Indexed(items, lambda i: load_image(items[i][0]), transform, start), len(items)
+    return _Indexed(items, _FileImage(items), transform, start), len(items)
 
 
 def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -140,6 +157,7 @@ def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
         "keys": [b["key"] for b in ok],
         "captions": [b["caption"] for b in ok],
         "skipped": [b["key"] for b in batch if b["image"] is None],
+        "skipped_index": [b["index"] for b in batch if b["image"] is None],
     }
 
 
@@ -153,7 +171,21 @@ def _shard_done(out: Path, k: int, with_text: bool, with_images: bool) -> bool:
     return all(p.is_file() for p in need)
 
 
-def _write_shard(out: Path, k: int, images: list | None, texts: list | None, meta: dict[str, list]) -> None:
+def _save_npy(path: Path, rows: list, width: int, dtype) -> None:
+    from ._io import atomic_write
+
+    arr = np.concatenate(rows) if rows else np.zeros((0, width), dtype)  # an empty shard keeps its width
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+
+    atomic_write(path, write)
+
+
+def _write_shard(
+    out: Path, k: int, images: list | None, texts: list | None, meta: dict[str, list], width: int, dtype
+) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -161,12 +193,10 @@ def _write_shard(out: Path, k: int, images: list | None, texts: list | None, met
 
     # the metadata goes last: its presence marks the shard complete
     if images is not None:
-        arr = np.concatenate(images) if images else np.zeros((0, 0), np.float16)
-        atomic_write(out / "img_emb" / f"img_emb_{k}.npy", lambda tmp: np.save(open(tmp, "wb"), arr))
+        _save_npy(out / "img_emb" / f"img_emb_{k}.npy", images, width, dtype)
     if texts is not None:
-        arr = np.concatenate(texts) if texts else np.zeros((0, 0), np.float16)
-        atomic_write(out / "text_emb" / f"text_emb_{k}.npy", lambda tmp: np.save(open(tmp, "wb"), arr))
-    table = pa.table(meta)
+        _save_npy(out / "text_emb" / f"text_emb_{k}.npy", texts, width, dtype)
+    table = pa.table(meta, schema=pa.schema([(name, pa.string()) for name in meta]))
     atomic_write(out / "metadata" / f"metadata_{k}.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
@@ -216,9 +246,6 @@ def embed_images(
         raise ConfigError("batch_size and shard_size must be positive")
     if dtype not in ("float16", "float32"):
         raise ConfigError(f"dtype must be float16 or float32, got {dtype!r}")
-    out = Path(out)
-    for d in SUBDIRS:
-        (out / d).mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     prec = resolve_precision(precision, device)
     c = model.config
@@ -226,40 +253,52 @@ def embed_images(
     transform = ImageTransform(
         c.vision.image_size, mean=p.mean, std=p.std, interpolation=p.interpolation, resize_mode=p.resize_mode
     )
-    probe, total = open_source(source, transform, 0)
+    probe, total = open_source(source, transform, 0)  # a bad source fails here, before anything is written
     with_text = captions and (total is None or probe.caption is not None or any(c for _, c in probe.items[:100]))
+    out = Path(out)
+    settings = {"model": model_name, "source": source, "shard_size": shard_size, "dtype": dtype,
+                "captions": with_text, "embed_dim": c.embed_dim}  # fmt: skip
+    _check_resume(out, settings)
+    for d in SUBDIRS:
+        (out / d).mkdir(parents=True, exist_ok=True)
     k = 0
     while _shard_done(out, k, with_text, True):
         k += 1
     start = k * shard_size
     ds, total = open_source(source, transform, start)
-    if total is not None and start >= total:
-        return EmbedResult(str(out), 0, 0, start, 0.0, 0.0)
+    info = {"settings": settings, "precision": prec, "complete": False}
+    (out / "embed.json").write_text(json.dumps(info, indent=2))
     workers = min(4, max(1, (torch.get_num_threads() or 2) // 2)) if workers is None else workers
     if isinstance(ds, IterableDataset):  # one decoding worker keeps a stream in order (shards are by item number)
         workers = min(workers, 1)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate, shuffle=False)
-    tok = None
-    if with_text:
-        from .tokenizer import tokenize
+    from .tokenizer import tokenize
 
-        tok = tokenize
     np_dtype = np.float16 if dtype == "float16" else np.float32
     shard_images: list = []
     shard_texts: list = []
     meta: dict[str, list] = {"image_path": [], "caption": []}
     written = skipped = 0
+    last_seen = start - 1  # the highest item number read, embedded or skipped
     t0 = time.time()
-    bar = tqdm(total=None if total is None else total - start, desc="embedding", unit="img", disable=not progress)
+    todo = None if total is None else max(0, total - start)
+    bar = tqdm(total=todo, desc="embedding", unit="img", disable=not progress)
 
     def flush(k: int) -> None:
         nonlocal shard_images, shard_texts, meta
-        _write_shard(out, k, shard_images, shard_texts if with_text else None, meta)
+        _write_shard(out, k, shard_images, shard_texts if with_text else None, meta, c.embed_dim, np_dtype)
         shard_images, shard_texts, meta = [], [], {"image_path": [], "caption": []}
 
-    for batch in loader:
+    def advance_to(shard: int) -> None:  # items arrive in order: every earlier shard is complete
+        nonlocal k
+        while shard > k:
+            flush(k)
+            k += 1
+
+    for batch in loader if todo != 0 else []:
         bar.update(len(batch["keys"]) + len(batch["skipped"]))
         skipped += len(batch["skipped"])
+        last_seen = max([last_seen, *batch["index"], *batch["skipped_index"]])
         if batch["images"] is None:
             continue
         with autocast(prec, device):
@@ -267,29 +306,46 @@ def embed_images(
         emb = torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy().astype(np_dtype)
         texts = None
         if with_text:
-            tokens = tok(batch["captions"], context_length=c.text.context_length, truncate=True)
+            tokens = tokenize(batch["captions"], context_length=c.text.context_length, truncate=True)
             with autocast(prec, device):
                 t = model.encode_text(tokens.to(device))
             texts = torch.nn.functional.normalize(t.float(), dim=-1).cpu().numpy().astype(np_dtype)
         for j, index in enumerate(batch["index"]):  # rows fall in the shard of their item number
-            shard = index // shard_size
-            while shard > k:
-                flush(k)
-                k += 1
+            advance_to(index // shard_size)
             shard_images.append(emb[j : j + 1])
             if texts is not None:
                 shard_texts.append(texts[j : j + 1])
             meta["image_path"].append(batch["keys"][j])
             meta["caption"].append(batch["captions"][j])
             written += 1
-    if meta["image_path"] or total is None or k * shard_size < total:
+    # every shard up to the last item is written, those whose items all failed to decode too (empty)
+    last = (total - 1) // shard_size if total is not None else last_seen // shard_size
+    if last_seen >= start or (total is not None and start < total):
+        advance_to(last)
         flush(k)
     bar.close()
     seconds = time.time() - t0
     result = EmbedResult(str(out), written, skipped, start, round(seconds, 2), round(written / max(seconds, 1e-9), 1))
-    info = {"model": model_name, "source": source, "precision": prec, **result.__dict__}
+    info.update(complete=True, **result.__dict__)
     (out / "embed.json").write_text(json.dumps(info, indent=2))
     return result
+
+
+def _check_resume(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse to add to an embeddings folder written with other settings (model, source, shard size ...)."""
+    path = out / "embed.json"
+    if not path.is_file():
+        if (out / "metadata").is_dir() and any((out / "metadata").iterdir()):
+            raise ConfigError(f"{out} holds embeddings without embed.json: give a new --out")
+        return
+    try:
+        before = json.loads(path.read_text()).get("settings", {})
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{path} is damaged: give a new --out") from None
+    differ = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+    if differ:
+        what = ", ".join(f"{k}: {a!r} before, {b!r} now" for k, (a, b) in differ.items())
+        raise ConfigError(f"{out} was written with other settings ({what}); resume with the same ones or a new --out")
 
 
 @torch.no_grad()
@@ -325,15 +381,19 @@ def embed_texts(
         with autocast(prec, device):
             e = model.encode_text(tokens.to(device))
         chunks.append(torch.nn.functional.normalize(e.float(), dim=-1).cpu().numpy().astype(dtype))
-    _write_shard(out, 0, None, chunks, {"caption": lines})
+    _write_shard(out, 0, None, chunks, {"caption": lines}, model.config.embed_dim, dtype)
     seconds = time.time() - t0
-    return EmbedResult(str(out), len(lines), 0, 0, round(seconds, 2), round(len(lines) / max(seconds, 1e-9), 1))
+    result = EmbedResult(str(out), len(lines), 0, 0, round(seconds, 2), round(len(lines) / max(seconds, 1e-9), 1))
+    info = {"settings": {"texts": str(path), "dtype": dtype, "embed_dim": model.config.embed_dim}, "precision": prec}
+    (out / "embed.json").write_text(json.dumps({**info, "complete": True, **result.__dict__}, indent=2))
+    return result
 
 
 # ------------------------------------------------------------------------------------------ search
 class EmbeddingIndex:
     """Exact nearest-neighbour search over an embeddings folder (`img_emb` or `text_emb`), cosine
-    similarity (the rows are unit norm); shards are memory-mapped."""
+    similarity (the rows are unit norm). The complete shards (those with metadata) are loaded into
+    memory as float32."""
 
     def __init__(self, folder: str | Path, kind: str = "img") -> None:
         import pyarrow.parquet as pq
@@ -342,16 +402,21 @@ class EmbeddingIndex:
             raise ConfigError(f"kind must be 'img' or 'text', got {kind!r}")
         folder = Path(folder)
         files = sorted((folder / f"{kind}_emb").glob(f"{kind}_emb_*.npy"), key=lambda p: int(p.stem.split("_")[-1]))
+        files = [f for f in files if (folder / "metadata" / f"metadata_{f.stem.split('_')[-1]}.parquet").is_file()]
         if not files:
-            raise ConfigError(f"{folder} has no {kind}_emb/{kind}_emb_*.npy (write it with clipforge embed)")
+            raise ConfigError(
+                f"{folder} has no complete {kind}_emb/{kind}_emb_*.npy shard (write it with clipforge embed)"
+            )
         shards = [np.load(f, mmap_mode="r") for f in files]
-        self.embeddings = np.concatenate([s for s in shards if len(s)]).astype(np.float32)
+        self.embeddings = np.concatenate([np.asarray(s, dtype=np.float32) for s in shards])
         self.metadata: dict[str, list] = {}
         for f in files:
             k = f.stem.split("_")[-1]
             table = pq.read_table(folder / "metadata" / f"metadata_{k}.parquet").to_pydict()
             for col, values in table.items():
                 self.metadata.setdefault(col, []).extend(values)
+        if not len(self.embeddings):
+            raise ConfigError(f"{folder}'s {kind}_emb shards hold no rows")
 
     def __len__(self) -> int:
         return len(self.embeddings)

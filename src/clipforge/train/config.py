@@ -55,6 +55,9 @@ class TrainConfig:
     sync_batchnorm: bool = setting(
         False, help="distributed GPU runs: BatchNorm statistics over the global batch (SyncBatchNorm)"
     )
+    compile: bool = setting(
+        False, help="torch.compile what the task compiles (CLIP: both towers); the first steps pay the compile time"
+    )
     progress: bool = setting(True, help="progress bar on rank 0")
     report_to: str = setting("", help="also log metrics to: tensorboard and/or wandb (comma-separated)")
 

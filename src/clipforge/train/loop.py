@@ -112,6 +112,8 @@ class _Trainer:
             if self.device.type == "cpu":
                 raise ClipforgeError("--sync-batchnorm needs GPUs (PyTorch's SyncBatchNorm does not run on CPUs)")
             self.model = task.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        if cfg.compile:
+            task.compile(self.model)
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
         self.optimizer = build_optimizer(
             self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, cfg.optimizer, task.lr_scale
@@ -286,6 +288,8 @@ class _Trainer:
             bar.close()
             it = None
             self.metrics.close()
+            if cfg.compile:
+                uncompile(self.model)
         if self.rank == 0:
             plot_curves(self.metrics.rows, self.out / "curves.png")
         seconds = time.perf_counter() - t_start
@@ -340,6 +344,15 @@ class _Trainer:
             results = self.evaluate(self.model)
         self.task.train_mode(self.model)
         self.metrics.append({"step": self.step, **{f"eval/{k}": v for k, v in results.items()}})
+
+
+def uncompile(model: torch.nn.Module) -> None:
+    """Undo `Task.compile`: drop the compiled `forward` attributes, so the trained model copies, pickles and
+    runs as a plain module again (a deep copy would otherwise share the original's compiled forward)."""
+    for m in model.modules():
+        fn = m.__dict__.get("forward")
+        if fn is not None and hasattr(fn, "_torchdynamo_orig_callable"):
+            del m.__dict__["forward"]
 
 
 def train(task: Task, dataset: Dataset, cfg: TrainConfig, evaluate: Any = None) -> TrainResult:

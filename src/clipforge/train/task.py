@@ -55,6 +55,11 @@ class Task:
         """Put `model` in training mode (a system may keep frozen parts in eval mode)."""
         model.train()
 
+    def compile(self, model: nn.Module) -> None:
+        """`--compile`: torch.compile the parts worth compiling, in place (the module's own `forward`, so
+        parameter names and checkpoints do not change). Default: the whole model's forward."""
+        model.forward = torch.compile(model.forward)
+
     def lr_scale(self, name: str) -> float:
         """Multiplier of the learning rate of parameter `name` (1: the run's --lr)."""
         return 1.0

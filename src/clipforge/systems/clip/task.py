@@ -73,6 +73,12 @@ class CLIPTask(Task):
         """Images stacked, captions tokenised and trimmed to the batch's longest."""
         return self._collate(items)
 
+    def compile(self, model: CLIP) -> None:
+        """Compile each tower's forward (the packed text path's data-dependent lengths break the graph there
+        and run eagerly); the loss, gradient caching and optimiser stay as they are."""
+        model.visual.forward = torch.compile(model.visual.forward)
+        model.text.forward = torch.compile(model.text.forward, dynamic=True)
+
     def configure(self, model: CLIP) -> None:
         """Tower locking (LiT) and gradient checkpointing, as the options say."""
         o = self.options
