@@ -138,3 +138,14 @@ def test_trailing_undecodable_images_still_complete_the_run_and_settings_must_ma
     assert again.embedded == 0 and len(list((tmp_path / "out" / "metadata").iterdir())) == 4
     with pytest.raises(ConfigError, match="other settings.*shard_size"):
         embed_images(model, str(folder), tmp_path / "out", **{**common, "shard_size": 3})
+
+
+def test_bf16_embeddings_agree_with_fp32(model, tmp_path):
+    common = {"batch_size": 16, "workers": 0, "progress": False, "dtype": "float32"}
+    embed_images(model, "synthetic:n=20", tmp_path / "fp32", precision="fp32", **common)
+    embed_images(model, "synthetic:n=20", tmp_path / "bf16", precision="bf16", **common)
+    a = np.load(tmp_path / "fp32" / "img_emb" / "img_emb_0.npy")
+    b = np.load(tmp_path / "bf16" / "img_emb" / "img_emb_0.npy")
+    assert not np.array_equal(a, b)  # bf16 did run
+    assert (a * b).sum(axis=1).min() > 0.995
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is left as it was

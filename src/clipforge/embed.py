@@ -16,6 +16,7 @@ in DataLoader workers while the model embeds the previous batch; bf16 where the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -200,6 +201,20 @@ def _write_shard(
     atomic_write(out / "metadata" / f"metadata_{k}.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
+def _runner(model, precision: str):
+    """The model that embeds: under bf16, a copy with bf16 weights run without autocast (autocast would
+    cast every weight on every batch: 5% of a ViT-B-32 image batch; 8% faster, the same 0.99994 cosine to
+    fp32 as autocast); otherwise the model itself under `autocast` (fp16) or in fp32."""
+    import copy
+
+    from .precision import autocast
+
+    if precision == "bf16":
+        return copy.deepcopy(model).to(torch.bfloat16), torch.bfloat16, contextlib.nullcontext
+    device = next(model.parameters()).device
+    return model, None, lambda: autocast(precision, device)
+
+
 def _require_pyarrow() -> None:
     try:
         import pyarrow  # noqa: F401
@@ -238,7 +253,7 @@ def embed_images(
     source go to text_emb when `captions` and the source has them. Resumes where complete shards end."""
     from tqdm.auto import tqdm
 
-    from .precision import autocast, resolve_precision
+    from .precision import resolve_precision
     from .transforms import ImageTransform
 
     _require_pyarrow()
@@ -274,6 +289,8 @@ def embed_images(
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate, shuffle=False)
     from .tokenizer import tokenize
 
+    runner, in_dtype, ctx = _runner(model, prec)
+
     np_dtype = np.float16 if dtype == "float16" else np.float32
     shard_images: list = []
     shard_texts: list = []
@@ -301,14 +318,14 @@ def embed_images(
         last_seen = max([last_seen, *batch["index"], *batch["skipped_index"]])
         if batch["images"] is None:
             continue
-        with autocast(prec, device):
-            emb = model.encode_image(batch["images"].to(device, non_blocking=True))
+        with ctx():
+            emb = runner.encode_image(batch["images"].to(device, dtype=in_dtype, non_blocking=True))
         emb = torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy().astype(np_dtype)
         texts = None
         if with_text:
             tokens = tokenize(batch["captions"], context_length=c.text.context_length, truncate=True)
-            with autocast(prec, device):
-                t = model.encode_text(tokens.to(device))
+            with ctx():
+                t = runner.encode_text(tokens.to(device))
             texts = torch.nn.functional.normalize(t.float(), dim=-1).cpu().numpy().astype(np_dtype)
         for j, index in enumerate(batch["index"]):  # rows fall in the shard of their item number
             advance_to(index // shard_size)
@@ -359,7 +376,7 @@ def embed_texts(
     dtype: str = "float16",
 ) -> EmbedResult:
     """Embed a file of texts (one per line) into `out`: text_emb/text_emb_0.npy and metadata (caption)."""
-    from .precision import autocast, resolve_precision
+    from .precision import resolve_precision
     from .tokenizer import tokenize
 
     _require_pyarrow()
@@ -376,10 +393,11 @@ def embed_texts(
     prec = resolve_precision(precision, device)
     t0 = time.time()
     chunks = []
+    runner, _, ctx = _runner(model, prec)
     for i in range(0, len(lines), batch_size):
         tokens = tokenize(lines[i : i + batch_size], context_length=model.config.text.context_length, truncate=True)
-        with autocast(prec, device):
-            e = model.encode_text(tokens.to(device))
+        with ctx():
+            e = runner.encode_text(tokens.to(device))
         chunks.append(torch.nn.functional.normalize(e.float(), dim=-1).cpu().numpy().astype(dtype))
     _write_shard(out, 0, None, chunks, {"caption": lines}, model.config.embed_dim, dtype)
     seconds = time.time() - t0
