@@ -25,10 +25,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError, DataError, ImageError
+from ..errors import ConfigError, DataError
 from ..eval.detection import load_coco
 from ..transforms import image_to_tensor, load_image
-from .sources import MAX_CONSECUTIVE_SKIPS, stable_seed
+from .sources import sample_skipping_damaged, stable_seed
 from .synthetic import SHAPES, SyntheticWorld
 
 SYNTHETIC_CATEGORIES = [{"id": i + 1, "name": s} for i, s in enumerate(SHAPES)]  # category id = SHAPES index + 1
@@ -79,18 +79,7 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
         """Training skips an undecodable image for the next one and counts it; evaluation raises."""
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        skipped = 0
-        while True:
-            try:
-                return {**self._sample(epoch, index), "skipped": skipped}
-            except (ImageError, OSError) as e:
-                if not self.train:
-                    raise
-                skipped += 1
-                if skipped >= min(MAX_CONSECUTIVE_SKIPS, len(self)):
-                    raise DataError(f"{skipped} samples in a row could not be used; the last: {e}") from None
-                index = (index + 1) % len(self)
+        return sample_skipping_damaged(self._sample, key, len(self), self.train)
 
     def _sample(self, epoch: int, index: int) -> dict[str, Any]:
         image, boxes, labels = self.read(index)

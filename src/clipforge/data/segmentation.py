@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError, DataError, ImageError
+from ..errors import ConfigError, DataError
 from ..eval.segmentation import IGNORE_INDEX, read_class_names, read_mask
 from ..transforms import image_to_tensor, load_image
-from .sources import MAX_CONSECUTIVE_SKIPS, stable_seed
+from .sources import sample_skipping_damaged, stable_seed
 from .synthetic import SHAPES, SyntheticWorld
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -110,18 +110,7 @@ class SegmentationDataset(Dataset):
         it, as the image-text sources do; evaluation raises, so no score silently leaves images out. A mask
         that decodes but breaks the dataset's rules (its mode, a value past the class list) always raises:
         that is the data's description to fix, not one damaged file."""
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        skipped = 0
-        while True:
-            try:
-                return {**self._sample(epoch, index), "skipped": skipped}
-            except (ImageError, OSError) as e:
-                if not self.train:
-                    raise
-                skipped += 1
-                if skipped >= min(MAX_CONSECUTIVE_SKIPS, len(self)):
-                    raise DataError(f"{skipped} samples in a row could not be used; the last: {e}") from None
-                index = (index + 1) % len(self)
+        return sample_skipping_damaged(self._sample, key, len(self), self.train)
 
     def _sample(self, epoch: int, index: int) -> dict[str, Any]:
         image, mask = self.read(index)

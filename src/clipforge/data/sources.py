@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from ..errors import ConfigError, ImageError
+from ..errors import ConfigError, DataError, ImageError
 from ..transforms import load_image
 from .synthetic import SyntheticWorld
 
@@ -99,6 +99,26 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path} is not UTF-8 text (byte {e.start} cannot be decoded); re-save it as UTF-8") from None
+
+
+def sample_skipping_damaged(
+    sample: Callable[[int, int], dict[str, Any]], key: tuple[int, int] | int, length: int, train: bool
+) -> dict[str, Any]:
+    """`sample(epoch, index)` plus "skipped": in training, a sample whose file cannot be decoded is passed
+    over for the next one and counted (MAX_CONSECUTIVE_SKIPS in a row is an error); evaluation raises, so
+    no score silently leaves images out."""
+    epoch, index = key if isinstance(key, tuple) else (0, key)
+    skipped = 0
+    while True:
+        try:
+            return {**sample(epoch, index), "skipped": skipped}
+        except (ImageError, OSError) as e:
+            if not train:
+                raise
+            skipped += 1
+            if skipped >= min(MAX_CONSECUTIVE_SKIPS, length):
+                raise DataError(f"{skipped} samples in a row could not be used; the last: {e}") from None
+            index = (index + 1) % length
 
 
 def stable_seed(*parts: Any) -> int:
