@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .errors import ConfigError, ImageError
+from .eval.run import write_json
 
 SUBDIRS = ("img_emb", "text_emb", "metadata")
 
@@ -117,19 +118,13 @@ class _Shards(IterableDataset):
 def open_source(spec: str, transform, start: int = 0) -> tuple[Dataset | IterableDataset, int | None]:
     """The items of an image source from item `start` on, and how many there are in all (None: unknown,
     for WebDataset shards)."""
-    from .data.sources import IMAGE_EXTS, read_csv_pairs
+    from .data.sources import IMAGE_EXTS, is_synthetic, read_csv_pairs, synthetic_options
 
-    if spec == "synthetic" or spec.startswith("synthetic:"):
-        from .data.sources import _check_synthetic
+    if is_synthetic(spec):
         from .data.synthetic import SyntheticWorld
 
-        opts: dict[str, Any] = {"n": 10_000, "size": 64, "split": "val", "seed": 0}
-        for item in filter(None, spec.partition(":")[2].split(",")):
-            key, _, value = item.partition("=")
-            if key not in opts:
-                raise ConfigError(f"unknown synthetic option {key!r}; valid: {', '.join(opts)}")
-            opts[key] = value if key == "split" else int(value)
-        _check_synthetic(opts)
+        defaults = {"n": 10_000, "size": 64, "split": "val", "seed": 0}
+        opts = synthetic_options(spec, defaults, tuple(defaults))
         world = SyntheticWorld(opts["n"], opts["size"], opts["split"], opts["seed"])
         items = [(f"synthetic/{opts['split']}/{i}", "") for i in range(len(world))]
         return _Indexed(
@@ -282,7 +277,7 @@ def embed_images(
     start = k * shard_size
     ds, total = open_source(source, transform, start)
     info = {"settings": settings, "precision": prec, "complete": False}
-    (out / "embed.json").write_text(json.dumps(info, indent=2))
+    write_json(info, out / "embed.json")
     workers = min(4, max(1, (torch.get_num_threads() or 2) // 2)) if workers is None else workers
     if isinstance(ds, IterableDataset):  # one decoding worker keeps a stream in order (shards are by item number)
         workers = min(workers, 1)
@@ -344,7 +339,7 @@ def embed_images(
     seconds = time.time() - t0
     result = EmbedResult(str(out), written, skipped, start, round(seconds, 2), round(written / max(seconds, 1e-9), 1))
     info.update(complete=True, **result.__dict__)
-    (out / "embed.json").write_text(json.dumps(info, indent=2))
+    write_json(info, out / "embed.json")
     return result
 
 
@@ -403,7 +398,7 @@ def embed_texts(
     seconds = time.time() - t0
     result = EmbedResult(str(out), len(lines), 0, 0, round(seconds, 2), round(len(lines) / max(seconds, 1e-9), 1))
     info = {"settings": {"texts": str(path), "dtype": dtype, "embed_dim": model.config.embed_dim}, "precision": prec}
-    (out / "embed.json").write_text(json.dumps({**info, "complete": True, **result.__dict__}, indent=2))
+    write_json({**info, "complete": True, **result.__dict__}, out / "embed.json")
     return result
 
 

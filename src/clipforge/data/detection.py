@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, DataError
 from ..eval.detection import load_coco
 from ..transforms import image_to_tensor, load_image
-from .sources import sample_skipping_damaged, stable_seed
+from .sources import is_synthetic, sample_skipping_damaged, stable_seed, synthetic_options
 from .synthetic import SHAPES, SyntheticWorld
 
 SYNTHETIC_CATEGORIES = [{"id": i + 1, "name": s} for i, s in enumerate(SHAPES)]  # category id = SHAPES index + 1
@@ -160,7 +160,7 @@ class CocoDetection(DetectionDataset):
         return image, boxes.reshape(-1, 4), labels
 
 
-_SYNTHETIC_OPTIONS = {"n": int, "seed": int, "max_objects": int, "split": str}
+_SYNTHETIC_OPTIONS = ("n", "seed", "max_objects", "split")  # rendered at the model's size
 
 
 def detection_dataset(
@@ -175,19 +175,9 @@ def detection_dataset(
     """`synthetic[:n=,seed=,max_objects=,split=]` (rendered at `size`), or a COCO instances file
     `ANNOTATIONS.json[:IMAGES_DIR]` (default images folder: `images/` beside the file, else its folder).
     `exclude` names categories whose boxes are dropped (their objects stay in the images)."""
-    if spec == "synthetic" or spec.startswith("synthetic:"):
-        opts: dict[str, Any] = {"n": 10_000, "split": "train" if train else "val", "seed": seed, "max_objects": 3}
-        for item in filter(None, spec.partition(":")[2].split(",")):
-            key, _, value = item.partition("=")
-            if key not in _SYNTHETIC_OPTIONS:
-                raise ConfigError(f"unknown synthetic option {key!r}; valid: {', '.join(_SYNTHETIC_OPTIONS)}")
-            try:
-                opts[key] = _SYNTHETIC_OPTIONS[key](value)
-            except ValueError:
-                raise ConfigError(f"synthetic option {key}={value!r} is not a valid number") from None
-        from .sources import _check_synthetic
-
-        _check_synthetic(opts)
+    if is_synthetic(spec):
+        defaults = {"n": 10_000, "split": "train" if train else "val", "seed": seed, "max_objects": 3}
+        opts = synthetic_options(spec, defaults, _SYNTHETIC_OPTIONS)
         world = SyntheticWorld(opts["n"], size, opts["split"], opts["seed"], opts["max_objects"])
         ds: DetectionDataset = SyntheticDetection(world, mean, std, train=train, seed=seed)
     else:

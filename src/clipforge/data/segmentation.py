@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, DataError
 from ..eval.segmentation import IGNORE_INDEX, read_class_names, read_mask
 from ..transforms import image_to_tensor, load_image
-from .sources import sample_skipping_damaged, stable_seed
+from .sources import is_synthetic, sample_skipping_damaged, stable_seed, synthetic_options
 from .synthetic import SHAPES, SyntheticWorld
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -180,7 +180,7 @@ def remap_table(mapping: dict[int, int]) -> np.ndarray:
     return table
 
 
-_SYNTHETIC_SEG_OPTIONS = {"n": int, "seed": int, "max_objects": int, "split": str}
+_SYNTHETIC_SEG_OPTIONS = ("n", "seed", "max_objects", "split")  # rendered at the model's size
 
 
 def segmentation_dataset(
@@ -194,19 +194,9 @@ def segmentation_dataset(
 ) -> SegmentationDataset:
     """`synthetic[:n=,seed=,max_objects=,split=]` (rendered at `size`) or a VOC/ADE20K-layout folder
     (`ROOT` or `ROOT:SPLIT`); the dataset's `.classes` lists its class names."""
-    if spec == "synthetic" or spec.startswith("synthetic:"):
-        opts: dict[str, Any] = {"n": 10_000, "split": "train" if train else "val", "seed": seed}
-        for item in filter(None, spec.partition(":")[2].split(",")):
-            key, _, value = item.partition("=")
-            if key not in _SYNTHETIC_SEG_OPTIONS:
-                raise ConfigError(f"unknown synthetic option {key!r}; valid: {', '.join(_SYNTHETIC_SEG_OPTIONS)}")
-            try:
-                opts[key] = _SYNTHETIC_SEG_OPTIONS[key](value)
-            except ValueError:
-                raise ConfigError(f"synthetic option {key}={value!r} is not a valid number") from None
-        from .sources import _check_synthetic
-
-        _check_synthetic(opts)
+    if is_synthetic(spec):
+        defaults = {"n": 10_000, "split": "train" if train else "val", "seed": seed}
+        opts = synthetic_options(spec, defaults, _SYNTHETIC_SEG_OPTIONS)
         world = SyntheticWorld(opts["n"], size, opts["split"], opts["seed"], opts.get("max_objects", 3))
         return SyntheticSegmentation(world, mean, std, train=train, seed=seed)
     root, split = spec, ""

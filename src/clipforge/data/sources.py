@@ -47,23 +47,35 @@ class DataSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+def is_synthetic(spec: str) -> bool:
+    """Whether a data spec names the synthetic world (`synthetic` or `synthetic:k=v,...`)."""
+    return spec == "synthetic" or spec.startswith("synthetic:")
+
+
+def synthetic_options(
+    spec: str, defaults: dict[str, Any] | None = None, allowed: tuple[str, ...] = tuple(_SYNTHETIC_OPTIONS)
+) -> dict[str, Any]:
+    """The typed options of a `synthetic[:k=v,...]` spec over `defaults`, checked against the world's limits;
+    an option outside `allowed` or of the wrong type is an error naming the valid ones."""
+    opts: dict[str, Any] = dict(defaults or {})
+    for item in filter(None, spec.partition(":")[2].split(",")):
+        key, _, value = item.partition("=")
+        if key not in allowed:
+            raise ConfigError(f"unknown synthetic data option {key!r}; valid: {', '.join(allowed)}")
+        try:
+            opts[key] = _SYNTHETIC_OPTIONS[key](value)
+        except ValueError as e:
+            raise ConfigError(
+                f"synthetic option {key}={value!r} is not a valid {_SYNTHETIC_OPTIONS[key].__name__}"
+            ) from e
+    _check_synthetic(opts)
+    return opts
+
+
 def parse_data_spec(spec: str) -> DataSpec:
     """Parse a `--data` string; unknown synthetic options are an error naming the valid ones."""
-    if spec == "synthetic" or spec.startswith("synthetic:"):
-        opts: dict[str, Any] = {}
-        body = spec.partition(":")[2]
-        for item in filter(None, body.split(",")):
-            key, _, value = item.partition("=")
-            if key not in _SYNTHETIC_OPTIONS:
-                raise ConfigError(f"unknown synthetic data option {key!r}; valid: {', '.join(_SYNTHETIC_OPTIONS)}")
-            try:
-                opts[key] = _SYNTHETIC_OPTIONS[key](value)
-            except ValueError as e:
-                raise ConfigError(
-                    f"synthetic option {key}={value!r} is not a valid {_SYNTHETIC_OPTIONS[key].__name__}"
-                ) from e
-        _check_synthetic(opts)
-        return DataSpec("synthetic", options=opts)
+    if is_synthetic(spec):
+        return DataSpec("synthetic", options=synthetic_options(spec))
     if ".tar" in spec:
         return DataSpec("webdataset", spec)
     path = Path(spec)

@@ -44,8 +44,7 @@ def detect_tensors(
     c = model.config
     S = images.shape[-1]
     pyr = model.pyramid(images)
-    obj, deltas, counts = model.rpn_outputs(pyr)
-    props = model.proposals(obj, deltas, model.anchors(pyr), counts, S, c.rpn_pre_nms_test, c.rpn_post_nms_test)
+    props = model.run_rpn(pyr, S, c.rpn_pre_nms_test, c.rpn_post_nms_test)[3]
     boxes = [p[0] for p in props]
     feats = model.region_features(pyr, boxes)
     scores, codes = label_scores(model, feats, label_embeds, novel)

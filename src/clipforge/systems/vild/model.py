@@ -276,6 +276,15 @@ class ViLD(nn.Module):
             out.append((boxes[keep], scores[keep]))
         return out
 
+    def run_rpn(
+        self, pyramid: Sequence[torch.Tensor], size: int, pre_nms: int, post_nms: int
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The RPN over a pyramid of S x S images: objectness (B, N), box codes (B, N, 4), each level's
+        anchors, and per image the proposals (boxes, objectness logits) they give (`proposals`)."""
+        anchors = self.anchors(pyramid)
+        obj, deltas, counts = self.rpn_outputs(pyramid)
+        return obj, deltas, anchors, self.proposals(obj, deltas, anchors, counts, size, pre_nms, post_nms)
+
     def region_features(self, pyramid: Sequence[torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:
         """(R, fpn_dim, k, k) RoIAlign features of every image's boxes (concatenated in order)."""
         return multilevel_roi_align(list(pyramid), list(self.config.strides), boxes, self.config.roi_size)

@@ -82,11 +82,7 @@ def clip_on_proposals(
     for start in range(0, n, batch_size):
         batch = collate_detection([ds[i] for i in range(start, min(n, start + batch_size))])
         images = batch["images"]
-        pyr = proposer.pyramid(images)
-        obj, deltas, counts = proposer.rpn_outputs(pyr)
-        props = proposer.proposals(
-            obj, deltas, proposer.anchors(pyr), counts, images.shape[-1], c.rpn_pre_nms_test, c.rpn_post_nms_test
-        )
+        props = proposer.run_rpn(proposer.pyramid(images), images.shape[-1], c.rpn_pre_nms_test, c.rpn_post_nms_test)[3]
         boxes = [p[0] for p in props]
         emb = crop_embeddings(clip, images, boxes, [1.0, 1.5])
         probs = F.softmax(text.scale * emb @ text.weights.T, dim=-1)

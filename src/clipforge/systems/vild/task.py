@@ -160,11 +160,7 @@ def distillation_targets(
                 continue
             images = torch.stack([it["image"] for it in items])
             pyr = proposer.pyramid(images)
-            obj, deltas, counts = proposer.rpn_outputs(pyr)
-            c = proposer.config
-            props = proposer.proposals(
-                obj, deltas, proposer.anchors(pyr), counts, images.shape[-1], c.rpn_pre_nms_test, regions
-            )
+            props = proposer.run_rpn(pyr, images.shape[-1], proposer.config.rpn_pre_nms_test, regions)[3]
             kept = [p[0] for p in props]
             emb = crop_embeddings(teacher, images, kept, scales)
             at = 0
@@ -313,12 +309,8 @@ class ViLDTask(Task):
         images = batch["images"]
         B, S = images.shape[0], images.shape[-1]
         pyr = model(images)
-        anchors = inner.anchors(pyr)
+        obj, deltas, anchors, props = inner.run_rpn(pyr, S, c.rpn_pre_nms_train, c.rpn_post_nms_train)
         flat_anchors = torch.cat(anchors)
-        obj, deltas, counts = inner.rpn_outputs(pyr)
-        props = inner.proposals(
-            obj.detach(), deltas.detach(), anchors, counts, S, c.rpn_pre_nms_train, c.rpn_post_nms_train
-        )
         zero = obj.sum() * 0
         out = {k: [] for k in ("rpn_objectness", "rpn_box", "box", "text", "image")}
         rois, roi_labels, roi_targets = [], [], []
