@@ -281,13 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_data)
     from .dense import run_segment, segment_arguments
 
-    p = _add(sub, "segment", "label every pixel of images with any label texts (lseg, groupvit models)")
-    segment_arguments(p)
+    segmenters = [s.name for s in systems if s.segmenter is not None]
+    p = _add(sub, "segment", f"label every pixel of images with any label texts ({', '.join(segmenters)} models)")
+    segment_arguments(p, segmenters)
     p.set_defaults(func=run_segment)
     from .detection.result import detect_arguments, run_detect
 
-    p = _add(sub, "detect", "box the objects of images named by any label texts (vild models)")
-    detect_arguments(p)
+    detectors = [s.name for s in systems if s.detector is not None]
+    p = _add(sub, "detect", f"box the objects of images named by any label texts ({', '.join(detectors)} models)")
+    detect_arguments(p, detectors)
     p.set_defaults(func=run_detect)
     p = _add(sub, "study", "reproduce a paper's central claim at small scale: clipforge study SYSTEM|STUDY")
     studies = p.add_subparsers(dest="study", required=True, parser_class=argparse.ArgumentParser)

@@ -72,17 +72,18 @@ def overlay(image: Image.Image, mask: np.ndarray, labels: Sequence[str], alpha: 
 
 
 # ------------------------------------------------------------------------------ clipforge segment
-def segment_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `clipforge segment`."""
+def segment_arguments(p: argparse.ArgumentParser, systems: Sequence[str]) -> None:
+    """The options of `clipforge segment`; `systems` are those with a segmenter."""
+    names = ", ".join(systems)
     p.add_argument("images", nargs="+", help="image files to segment")
-    p.add_argument("--model", required=True, help="a checkpoint of a segmenting system (lseg, groupvit)")
+    p.add_argument("--model", required=True, help=f"a checkpoint of a segmenting system ({names})")
     p.add_argument("--labels", required=True, help='comma-separated label texts, e.g. "circle,square,background"')
     p.add_argument("--out", default="segments", help="folder for NAME.overlay.png, NAME.mask.png and areas.json")
-    p.add_argument("--method", default=None, help="the system the model must be (lseg, groupvit); default: any")
+    p.add_argument("--method", default=None, help=f"the system the model must be ({names}); default: any")
     p.add_argument("--templates", default=None, help="prompt templates of the labels (default: the model's own)")
     p.add_argument(
-        "--threshold", type=float, default=None, help="groupvit: a group whose best label is less probable "
-        "is background, the first label (default: the model's)"
+        "--threshold", type=float, default=None, help="segmenters that name groups: a group whose best label "
+        "is less probable is background, the first label (default: the model's)"
     )  # fmt: skip
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: a GPU if there is one)")
 
@@ -92,7 +93,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from .checkpoints import load
     from .eval.run import pick_device, write_json
     from .eval.segmentation import write_mask
-    from .registry import system_of
+    from .registry import system_of, systems_with
     from .transforms import load_image
 
     labels = parse_labels(args.labels)
@@ -100,7 +101,8 @@ def run_segment(args: argparse.Namespace) -> int:
     system = system_of(model)
     if system.segmenter is None or (args.method and args.method != system.name):
         want = args.method or "a segmenting system"
-        raise ConfigError(f"{args.model} holds a {system.name} model, not {want} (clipforge train lseg|groupvit)")
+        trainable = "|".join(systems_with("segmenter"))
+        raise ConfigError(f"{args.model} holds a {system.name} model, not {want} (clipforge train {trainable})")
     model = model.to(pick_device(args.device)).eval()
     options = {k: getattr(args, k) for k in ("templates", "threshold") if getattr(args, k) is not None}
     out = Path(args.out)

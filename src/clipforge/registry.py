@@ -166,6 +166,12 @@ _SYSTEMS: dict[str, System] = {}
 _loaded = False
 
 
+def systems_with(hook: str) -> list[str]:
+    """Names of the registered systems that provide `hook` (e.g. "segmenter", "detector"), for help texts
+    and errors that list them."""
+    return [n for n in list_systems() if getattr(get_system(n), hook) is not None]
+
+
 def register_system(system: System, *, replace: bool = False) -> System:
     """Make `system` available to the trainer, checkpoints and CLI under `system.name`."""
     if not isinstance(system, System):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,13 +53,14 @@ def draw_detections(image: Image.Image, det: Detections, min_score: float = 0.3,
     return out
 
 
-def detect_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `clipforge detect`."""
+def detect_arguments(p: argparse.ArgumentParser, systems: Sequence[str]) -> None:
+    """The options of `clipforge detect`; `systems` are those with a detector."""
+    names = ", ".join(systems)
     p.add_argument("images", nargs="+", help="image files to detect objects in")
-    p.add_argument("--model", required=True, help="a checkpoint of a detecting system (vild)")
+    p.add_argument("--model", required=True, help=f"a checkpoint of a detecting system ({names})")
     p.add_argument("--labels", required=True, help='comma-separated label texts, e.g. "circle,star,hexagon"')
     p.add_argument("--out", default="detections", help="folder for NAME.boxes.png and detections.json")
-    p.add_argument("--method", default=None, help="the system the model must be (vild); default: any")
+    p.add_argument("--method", default=None, help=f"the system the model must be ({names}); default: any")
     p.add_argument("--templates", default=None, help="prompt templates of the labels (default: the model's own)")
     p.add_argument("--min-score", type=float, default=0.3, help="draw boxes scoring at least this (JSON keeps all)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: a GPU if there is one)")
@@ -70,7 +72,7 @@ def run_detect(args: argparse.Namespace) -> int:
     from ..checkpoints import load
     from ..dense import parse_labels
     from ..eval.run import pick_device, write_json
-    from ..registry import system_of
+    from ..registry import system_of, systems_with
     from ..transforms import load_image
 
     labels = parse_labels(args.labels)
@@ -78,7 +80,8 @@ def run_detect(args: argparse.Namespace) -> int:
     system = system_of(model)
     if system.detector is None or (args.method and args.method != system.name):
         want = args.method or "a detecting system"
-        raise ConfigError(f"{args.model} holds a {system.name} model, not {want} (clipforge train vild)")
+        trainable = "|".join(systems_with("detector"))
+        raise ConfigError(f"{args.model} holds a {system.name} model, not {want} (clipforge train {trainable})")
     model = model.to(pick_device(args.device)).eval()
     options = {"templates": args.templates} if args.templates else {}
     out = Path(args.out)
