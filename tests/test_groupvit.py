@@ -94,6 +94,69 @@ def test_multi_label_loss_by_hand():
     assert loss.item() == pytest.approx(0.5 * (image_side + prompt_side), rel=1e-5)
 
 
+def test_segment_loss_by_hand():
+    from clipforge.systems.groupvit.task import segment_losses
+
+    g = torch.Generator().manual_seed(1)
+    segments = F.normalize(torch.randn(2, 3, 8, generator=g), dim=-1)  # 2 images, 3 segments
+    nouns = F.normalize(torch.randn(2, 8, generator=g), dim=-1)  # 2 nouns
+    present = torch.tensor([[True, False], [True, True]])  # image 0 names noun 0; image 1 both
+    background = F.normalize(torch.randn(8, generator=g), dim=-1)
+    out = {"segments": segments, "nouns": nouns, "noun_presence": present, "ml_scale": torch.tensor(4.0)}
+    losses = segment_losses({**out, "background": background}, 0.5)
+    sims = torch.einsum("bge,ue->bgu", segments, nouns)
+    flat = (4.0 * sims.reshape(6, 2)).log_softmax(dim=0)  # each noun over all 6 segments
+    terms = [flat[b * 3 + int(sims[b, :, u].argmax()), u] for b, u in ((0, 0), (1, 0), (1, 1))]
+    assert losses["segment_nouns"].item() == pytest.approx(-0.5 * float(sum(terms)) / 3, rel=1e-5)
+    classes = torch.cat([nouns, background[None]])
+    expected = []
+    for b in range(2):
+        for s_ in range(3):
+            named = [u for u in range(2) if present[b, u] and int(sims[b, :, u].argmax()) == s_]
+            target = named[-1] if named else 2  # a noun's positive segment: that noun; any other: background
+            expected.append(-(4.0 * segments[b, s_] @ classes.T).log_softmax(0)[target].item())
+    assert losses["segment_background"].item() == pytest.approx(0.5 * np.mean(expected), rel=1e-5)
+    assert set(segment_losses(out, 1.0)) == {"segment_nouns"}  # no background embedding: the noun side only
+    # a caption naming no noun: its segments are neither positives nor background targets
+    none = segment_losses({**out, "background": background, "noun_presence": torch.zeros(2, 2, dtype=torch.bool)}, 1)
+    assert none["segment_nouns"].item() == 0 and "segment_background" not in none
+
+
+def test_segment_loss_trains_through_the_task_and_the_learned_background_decides():
+    from clipforge.systems.groupvit.infer import class_embeddings, group_labels
+
+    run = prepare_run(
+        "groupvit",
+        data="synthetic:n=16",
+        settings={"segment_loss_weight": 1.0, "learned_background": True},
+    )
+    model, task = run.model, run.task
+    task.configure(model)
+    batch = task.collate([run.dataset[i] for i in range(8)])
+    words = [[w for w in ("circle", "square", "triangle", "diamond", "pentagon", "hexagon", "star", "cross")
+              if w in c.lower()] for c in batch["captions"]]  # fmt: skip
+    assert batch["nouns"].shape[0] == len({w for ws in words for w in ws}) and batch["noun_presence"].shape[0] == 8
+    losses = task.loss(task.forward(model.train(), batch))
+    assert {"segment_nouns", "segment_background"} <= set(losses)
+    sum(losses.values()).backward()
+    assert model.background_embedding.grad is not None and model.background_embedding.grad.abs().sum() > 0
+    # inference: a segment whose nearest embedding is the learned background is background at any threshold
+    model.eval()
+    images = torch.randn(2, 3, 64, 64)
+    embeds = class_embeddings(model, ["circle", "square"])
+    with torch.no_grad():
+        segs = F.normalize(model.image_groups(images).segments.float(), dim=-1)
+        for sign in (1, -1):  # the background near the segments' mean direction, then opposite it
+            model.background_embedding.copy_(sign * segs.mean((0, 1)))
+            r = group_labels(model, images, embeds, 0.0)
+            bg = F.normalize(model.background_embedding.float(), dim=-1)
+            closest_bg = (segs @ bg) > (segs @ embeds.T).max(dim=-1).values  # (B, G)
+            assert closest_bg.any() if sign == 1 else not closest_bg.all()
+            for i in range(2):
+                for grp in r.groups[i].unique():
+                    assert bool((r.labels[i][r.groups[i] == grp] == 0).all()) == bool(closest_bg[i, grp])
+
+
 def test_from_clip_takes_the_text_tower_and_locks_it():
     clip = clipforge.load("shapes")
     run = prepare_run("groupvit", data="synthetic:n=8")

@@ -1,7 +1,8 @@
 """Zero-shot segmentation with a trained GroupViT: pixel -> group through the product of the stages'
 soft assignment maps (upsampled), group -> class by CLIP-style zero-shot over the label set, and
 background where a group's best class probability is under the threshold. The first label names the
-background; it is never embedded, only assigned by the threshold (as GroupViT's evaluation does)."""
+background; it is never embedded, only assigned by the threshold (as GroupViT's evaluation does), and,
+for a model with a learned background embedding, also where a group is closer to it than to every class."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class GroupLabels:
 
     labels: torch.Tensor  # (B, S, S) index into the label set (0: background)
     groups: torch.Tensor  # (B, S, S) final group of each pixel
-    group_probs: torch.Tensor  # (B, G, N-1) each group's class probabilities (classes = labels[1:])
+    group_probs: torch.Tensor  # (B, G, N-1) each group's class probabilities (classes = labels[1:]; with a
+    # learned background, the softmax also ran over it, whose share is left out)
     image_probs: torch.Tensor  # (B, N-1) the pooled image's class probabilities (no grouping)
 
 
@@ -48,14 +50,22 @@ def group_labels(model: GroupViT, images: torch.Tensor, classes: torch.Tensor, t
     model.eval()
     out = model.image_groups(images.to(next(model.parameters()).device))
     scale = model.scale().float()
-    group_probs = (scale * F.normalize(out.segments.float(), dim=-1) @ classes.T).softmax(dim=-1)  # (B, G, N-1)
+    segments = F.normalize(out.segments.float(), dim=-1)
+    background = getattr(model, "background_embedding", None)
+    if background is not None:  # the softmax runs over the classes and the learned background
+        with_bg = torch.cat([classes, F.normalize(background.float(), dim=-1)[None]])
+        probs = (scale * segments @ with_bg.T).softmax(dim=-1)  # (B, G, N)
+        group_probs, is_background = probs[..., :-1], probs.argmax(dim=-1) == classes.shape[0]
+    else:
+        group_probs = (scale * segments @ classes.T).softmax(dim=-1)  # (B, G, N-1)
+        is_background = torch.zeros(group_probs.shape[:2], dtype=torch.bool, device=group_probs.device)
     image_probs = (scale * F.normalize(out.pooled.float(), dim=-1) @ classes.T).softmax(dim=-1)  # (B, N-1)
     maps = model.pixel_groups(out.soft, images.shape[-2:])  # (B, G, S, S)
     groups = maps.argmax(dim=1)  # (B, S, S)
     best, cls = group_probs.max(dim=-1)  # (B, G)
     # background where the group's best class is under the threshold, but never every group of an image
     cut = torch.minimum(torch.full_like(best[:, :1], threshold), best.max(dim=1, keepdim=True).values)
-    group_label = torch.where(best < cut, torch.zeros_like(cls), cls + 1)  # (B, G)
+    group_label = torch.where((best < cut) | is_background, torch.zeros_like(cls), cls + 1)  # (B, G)
     labels = group_label.gather(1, groups.flatten(1)).view_as(groups)
     return GroupLabels(labels.cpu(), groups.cpu(), group_probs.cpu(), image_probs.cpu())
 

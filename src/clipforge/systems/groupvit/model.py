@@ -41,6 +41,9 @@ class GroupViTConfig:
     gumbel_tau: float = 1.0  # temperature of the training-time Gumbel noise
     threshold: float = 0.9  # inference: a segment whose best class is less probable is background (paper: VOC)
     templates: str = "photo"  # prompt templates of class names at inference ("a photo of a {}.")
+    # a learned background embedding in the joint space (trained by the segment loss; clipforge's, not the
+    # paper's): at inference a segment closer to it than to every class is background
+    learned_background: bool = False
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def __post_init__(self) -> None:
@@ -203,6 +206,8 @@ class GroupViT(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(c.init_logit_scale)))
         self.multi_label_logit_scale = nn.Parameter(torch.tensor(float(c.init_logit_scale)))
         self.max_logit_scale = c.max_logit_scale
+        if c.learned_background:
+            self.background_embedding = nn.Parameter(torch.randn(c.embed_dim) / math.sqrt(c.embed_dim))
 
     @classmethod
     def from_config(cls, config: GroupViTConfig) -> GroupViT:
@@ -241,8 +246,12 @@ class GroupViT(nn.Module):
         x = self.final_norm(self.final_blocks(x))  # (B, G, C)
         return GroupingOutput(self.image_projection(x.mean(dim=1)), self.image_projection(x), soft, hard)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> (B, E) unnormalised image embeddings (what training's DDP wrapper calls)."""
+    def forward(self, images: torch.Tensor, segments: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) -> (B, E) unnormalised image embeddings (what training's DDP wrapper calls); with
+        `segments`, also the (B, G, E) final segments' embeddings."""
+        if segments:
+            out = self.image_groups(images)
+            return out.pooled, out.segments
         return self.encode_image(images)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:

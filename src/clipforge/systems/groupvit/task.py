@@ -37,10 +37,16 @@ class GroupViTOptions:
     prompt: str = setting("a photo of a {}.", help="the template a noun is put into")
     lock_text: bool = setting(True, help="freeze the text tower (a trained one from --clip: LiT-style)")
     local_loss: bool = setting(True, help="distributed: each rank scores its own rows against the global batch")
+    segment_loss_weight: float = setting(
+        0.0,
+        help="weight of the segment-level noun loss (clipforge's, not the paper's; 0: off): each noun of the batch "
+        "against every segment, each image's best-matching segment its positive; with the model's "
+        "learned_background, also each segment against the nouns and the background",
+    )
 
     def __post_init__(self) -> None:
-        if self.multi_label < 0 or self.multi_label_weight < 0:
-            raise ConfigError("multi_label and multi_label_weight cannot be negative")
+        if self.multi_label < 0 or self.multi_label_weight < 0 or self.segment_loss_weight < 0:
+            raise ConfigError("multi_label, multi_label_weight and segment_loss_weight cannot be negative")
         if self.prompt.count("{}") != 1:
             raise ConfigError(f"prompt needs exactly one '{{}}' for the noun, got {self.prompt!r}")
 
@@ -58,10 +64,15 @@ def load_nouns(spec: str) -> frozenset[str]:
     return nouns
 
 
+def caption_nouns(caption: str, nouns: frozenset[str]) -> list[str]:
+    """The distinct words of `caption` that are in the noun vocabulary, in order."""
+    return list(dict.fromkeys(w for w in re.findall(r"[a-z]+", caption.lower()) if w in nouns))
+
+
 def caption_prompts(caption: str, nouns: frozenset[str], k: int, template: str) -> list[str]:
     """`k` prompts for a caption: up to `k` distinct nouns of it (chosen by a seed drawn from the caption)
     each put into `template`; the caption itself pads the list where it has fewer nouns (as GroupViT's code)."""
-    found = list(dict.fromkeys(w for w in re.findall(r"[a-z]+", caption.lower()) if w in nouns))
+    found = caption_nouns(caption, nouns)
     if len(found) > k:
         rng = np.random.default_rng(zlib.crc32(caption.encode()))
         found = [found[i] for i in sorted(rng.choice(len(found), k, replace=False))]
@@ -86,17 +97,26 @@ class GroupViTTask(Task):
         return build_dataset(spec, transform, c.image_size, seed=seed)[0]
 
     def collate(self, items: list[Any]) -> dict[str, Any]:
-        """Images, caption tokens, and (B, K, L) tokens of each caption's K noun prompts."""
+        """Images, caption tokens, (B, K, L) tokens of each caption's K noun prompts; for the segment loss,
+        (U, L) tokens of the batch's U distinct nouns' prompts and which caption has which (B, U)."""
         batch = self._collate(items)
         k = self.options.multi_label
         if k:
-            from ...tokenizer import get_tokenizer
-
             prompts = [p for c in batch["captions"] for p in caption_prompts(c, self._nouns, k, self.options.prompt)]
-            tokens = get_tokenizer()(prompts, context_length=self._collate.context_length, truncate=True)
-            longest = int((tokens != 0).sum(dim=1).max())
-            batch["prompts"] = tokens[:, :longest].reshape(len(items), k, longest)
+            batch["prompts"] = self._tokens(prompts).reshape(len(items), k, -1)
+        if self.options.segment_loss_weight:
+            found = [caption_nouns(c, self._nouns) for c in batch["captions"]]
+            vocab = sorted({w for words in found for w in words})
+            if vocab:
+                batch["nouns"] = self._tokens([self.options.prompt.format(w) for w in vocab])
+                batch["noun_presence"] = torch.tensor([[w in words for w in vocab] for words in found])
         return batch
+
+    def _tokens(self, texts: list[str]) -> torch.Tensor:
+        from ...tokenizer import get_tokenizer
+
+        tokens = get_tokenizer()(texts, context_length=self._collate.context_length, truncate=True)
+        return tokens[:, : int((tokens != 0).sum(dim=1).max())]
 
     def configure(self, model: GroupViT) -> None:
         """Freeze the text tower if asked (default: a trained one from --clip stays as it is)."""
@@ -104,14 +124,25 @@ class GroupViTTask(Task):
             for p in model.text.parameters():
                 p.requires_grad_(False)
             model.logit_scale.requires_grad_(False)
-        if not self.options.multi_label or not self.options.multi_label_weight:  # its temperature goes unused
-            model.multi_label_logit_scale.requires_grad_(False)
+        segment_loss = self.options.segment_loss_weight > 0
+        if not segment_loss and (not self.options.multi_label or not self.options.multi_label_weight):
+            model.multi_label_logit_scale.requires_grad_(False)  # its temperature goes unused
+        if hasattr(model, "background_embedding") and not segment_loss:  # only the segment loss trains it
+            model.background_embedding.requires_grad_(False)
 
     def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Normalised pooled image (B, E), caption (B, E) and prompt (B, K, E) embeddings and the scales."""
         inner = getattr(model, "module", model)
-        image = F.normalize(model(batch["images"]).float(), dim=-1)
-        out = {"image": image, "ml_scale": inner.multi_label_scale()}
+        out = {"ml_scale": inner.multi_label_scale()}
+        if "nouns" in batch:
+            pooled, segments = model(batch["images"], segments=True)
+            out["segments"] = F.normalize(segments.float(), dim=-1)
+            out["noun_presence"] = batch["noun_presence"].to(segments.device)
+            if hasattr(inner, "background_embedding"):
+                out["background"] = F.normalize(inner.background_embedding.float(), dim=-1)
+        else:
+            pooled = model(batch["images"])
+        out["image"] = F.normalize(pooled.float(), dim=-1)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.options.lock_text):
             out["text"] = F.normalize(inner.encode_text(batch["tokens"]).float(), dim=-1)
             out["scale"] = inner.scale()
@@ -119,6 +150,8 @@ class GroupViTTask(Task):
                 B, K, L = batch["prompts"].shape
                 prompts = inner.encode_text(batch["prompts"].reshape(B * K, L)).float()
                 out["prompts"] = F.normalize(prompts, dim=-1).view(B, K, -1)
+            if "nouns" in batch:
+                out["nouns"] = F.normalize(inner.encode_text(batch["nouns"]).float(), dim=-1)
         return out
 
     def loss(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -142,6 +175,8 @@ class GroupViTTask(Task):
             image_side = -(target * logits.log_softmax(dim=1)).sum(dim=1).mean()
             prompt_side = F.cross_entropy(logits.T, owner)
             losses["multi_label"] = self.options.multi_label_weight * 0.5 * (image_side + prompt_side)
+        if "segments" in outputs and self.options.segment_loss_weight > 0:
+            losses.update(segment_losses(outputs, self.options.segment_loss_weight))
         return losses
 
     def after_step(self, model: GroupViT) -> None:
@@ -153,3 +188,34 @@ class GroupViTTask(Task):
     def log_values(self, model: GroupViT) -> dict[str, float]:
         """The contrastive scale exp(t)."""
         return {"scale": float(model.scale().detach())}
+
+
+def segment_losses(outputs: dict[str, torch.Tensor], weight: float) -> dict[str, torch.Tensor]:
+    """The segment-level noun loss (this rank's batch): with unit segments (B, G, E), noun prompts (U, E) and
+    which image's caption names which noun (B, U), each noun's positive in an image that names it is that
+    image's most similar segment. `segment_nouns`: each noun against every segment of the batch (softmax
+    over the B*G segments), so segments of other shapes and of the background are pushed off the noun.
+    `segment_background` (when the model learns a background embedding): each segment of an image that
+    names a noun classified over [the batch's nouns, background], target its noun where it is that noun's
+    positive and background elsewhere (only images that name a noun take part)."""
+    segments, nouns, present = outputs["segments"], outputs["nouns"], outputs["noun_presence"]
+    B, G, _ = segments.shape
+    U = nouns.shape[0]
+    scale = outputs["ml_scale"]
+    sims = segments @ nouns.T  # (B, G, U)
+    best = sims.detach().argmax(dim=1)  # (B, U): each image's positive segment for each noun
+    rows = torch.arange(B, device=sims.device)[:, None] * G + best  # (B, U) flat index into the B*G segments
+    log_p = (scale * sims.reshape(B * G, U)).log_softmax(dim=0)
+    positives = present.float()
+    losses = {"segment_nouns": weight * -(log_p.gather(0, rows) * positives).sum() / positives.sum().clamp(min=1)}
+    if "background" in outputs:
+        classes = torch.cat([nouns, outputs["background"][None]])  # (U + 1, E)
+        logits = scale * segments @ classes.T  # (B, G, U + 1)
+        target = torch.full((B, G), U, dtype=torch.long, device=sims.device)
+        b, u = present.nonzero(as_tuple=True)
+        target[b, best[b, u]] = u
+        named = present.any(dim=1)
+        if named.any():
+            ce = F.cross_entropy(logits[named].reshape(-1, U + 1), target[named].reshape(-1))
+            losses["segment_background"] = weight * ce
+    return losses
