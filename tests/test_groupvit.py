@@ -95,7 +95,7 @@ def test_multi_label_loss_by_hand():
 
 
 def test_segment_loss_by_hand():
-    from clipforge.systems.groupvit.task import segment_losses
+    from clipforge.systems.groupvit.task import match_segments, segment_losses
 
     g = torch.Generator().manual_seed(1)
     segments = F.normalize(torch.randn(2, 3, 8, generator=g), dim=-1)  # 2 images, 3 segments
@@ -105,21 +105,45 @@ def test_segment_loss_by_hand():
     out = {"segments": segments, "nouns": nouns, "noun_presence": present, "ml_scale": torch.tensor(4.0)}
     losses = segment_losses({**out, "background": background}, 0.5)
     sims = torch.einsum("bge,ue->bgu", segments, nouns)
+    best = match_segments(sims, present)
+    assert best[1, 0] != best[1, 1]  # image 1's two nouns get different segments
     flat = (4.0 * sims.reshape(6, 2)).log_softmax(dim=0)  # each noun over all 6 segments
-    terms = [flat[b * 3 + int(sims[b, :, u].argmax()), u] for b, u in ((0, 0), (1, 0), (1, 1))]
+    terms = [flat[b * 3 + int(best[b, u]), u] for b, u in ((0, 0), (1, 0), (1, 1))]
     assert losses["segment_nouns"].item() == pytest.approx(-0.5 * float(sum(terms)) / 3, rel=1e-5)
     classes = torch.cat([nouns, background[None]])
-    expected = []
+    expected, left_out = [], 0
     for b in range(2):
         for s_ in range(3):
-            named = [u for u in range(2) if present[b, u] and int(sims[b, :, u].argmax()) == s_]
+            logits = 4.0 * segments[b, s_] @ classes.T
+            named = [u for u in range(2) if present[b, u] and int(best[b, u]) == s_]
+            allowed = [u for u in range(2) if present[b, u]] + [2]
+            nearest = max(allowed, key=lambda u: float(logits[u]))
+            if not named and nearest != 2:  # nearer a noun its caption names than the background: no target
+                left_out += 1
+                continue
             target = named[-1] if named else 2  # a noun's positive segment: that noun; any other: background
-            expected.append(-(4.0 * segments[b, s_] @ classes.T).log_softmax(0)[target].item())
+            expected.append(-logits.log_softmax(0)[target].item())
+    assert (left_out, len(expected)) == (1, 5)  # this draw has each kind: positives, background, left out
     assert losses["segment_background"].item() == pytest.approx(0.5 * np.mean(expected), rel=1e-5)
     assert set(segment_losses(out, 1.0)) == {"segment_nouns"}  # no background embedding: the noun side only
     # a caption naming no noun: its segments are neither positives nor background targets
     none = segment_losses({**out, "background": background, "noun_presence": torch.zeros(2, 2, dtype=torch.bool)}, 1)
     assert none["segment_nouns"].item() == 0 and "segment_background" not in none
+
+
+def test_segments_are_matched_greedily_and_the_balance_term_counts_collapse():
+    from clipforge.systems.groupvit.task import group_balance, match_segments
+
+    sims = torch.tensor([[[0.9, 0.8, 0.1], [0.5, 0.7, 0.0], [0.0, 0.0, 0.2]]])  # (1 image, 3 segments, 3 nouns)
+    # nouns 0 and 1 both like segment 0 most: the more similar pair (noun 0) keeps it, noun 1 takes segment 1
+    assert match_segments(sims, torch.tensor([[True, True, False]])).tolist() == [[0, 1, 2]]
+    assert match_segments(sims, torch.tensor([[False, True, False]])).tolist() == [[0, 0, 2]]  # alone: its best
+    assert match_segments(sims, torch.tensor([[True, True, True]])).tolist() == [[0, 1, 2]]
+    spread = torch.full((2, 4, 6), 0.25)
+    collapsed = F.one_hot(torch.zeros(2, 6, dtype=torch.long), 4).transpose(1, 2).float()
+    assert group_balance((spread,)).item() == pytest.approx(0.0, abs=1e-6)
+    assert group_balance((collapsed,)).item() == pytest.approx(np.log(4), rel=1e-5)
+    assert group_balance((spread, collapsed)).item() == pytest.approx(np.log(4) / 2, rel=1e-5)
 
 
 def test_segment_loss_trains_through_the_task_and_the_learned_background_decides():
@@ -128,7 +152,7 @@ def test_segment_loss_trains_through_the_task_and_the_learned_background_decides
     run = prepare_run(
         "groupvit",
         data="synthetic:n=16",
-        settings={"segment_loss_weight": 1.0, "learned_background": True},
+        settings={"segment_loss_weight": 1.0, "learned_background": True, "group_balance_weight": 0.5},
     )
     model, task = run.model, run.task
     task.configure(model)
@@ -137,7 +161,7 @@ def test_segment_loss_trains_through_the_task_and_the_learned_background_decides
               if w in c.lower()] for c in batch["captions"]]  # fmt: skip
     assert batch["nouns"].shape[0] == len({w for ws in words for w in ws}) and batch["noun_presence"].shape[0] == 8
     losses = task.loss(task.forward(model.train(), batch))
-    assert {"segment_nouns", "segment_background"} <= set(losses)
+    assert {"segment_nouns", "segment_background", "group_balance"} <= set(losses)
     sum(losses.values()).backward()
     assert model.background_embedding.grad is not None and model.background_embedding.grad.abs().sum() > 0
     # inference: a segment whose nearest embedding is the learned background is background at any threshold
@@ -155,6 +179,24 @@ def test_segment_loss_trains_through_the_task_and_the_learned_background_decides
             for i in range(2):
                 for grp in r.groups[i].unique():
                     assert bool((r.labels[i][r.groups[i] == grp] == 0).all()) == bool(closest_bg[i, grp])
+
+
+def test_hard_maps_give_each_patch_its_hard_groups_composition():
+    from dataclasses import replace
+
+    from clipforge.errors import ConfigError
+    from clipforge.systems.groupvit.infer import class_embeddings, group_labels
+
+    with pytest.raises(ConfigError, match="maps"):
+        replace(_model().config, maps="argmax")
+    model = GroupViT.from_config(replace(_model().config, maps="hard")).eval()
+    images = torch.randn(2, 3, 64, 64)
+    r = group_labels(model, images, class_embeddings(model, ["circle", "star"]), 0.5)
+    with torch.no_grad():
+        out = model.image_groups(images)
+    first, second = out.hard[0].argmax(dim=1), out.hard[1].argmax(dim=1)  # (B, 256) -> 16, (B, 16) -> 4
+    composed = second.gather(1, first).view(2, 16, 16)  # each 4-px patch's final group
+    assert torch.equal(r.groups[:, 2::4, 2::4], composed)  # patch centres
 
 
 def test_from_clip_takes_the_text_tower_and_locks_it():

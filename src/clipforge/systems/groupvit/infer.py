@@ -60,7 +60,7 @@ def group_labels(model: GroupViT, images: torch.Tensor, classes: torch.Tensor, t
         group_probs = (scale * segments @ classes.T).softmax(dim=-1)  # (B, G, N-1)
         is_background = torch.zeros(group_probs.shape[:2], dtype=torch.bool, device=group_probs.device)
     image_probs = (scale * F.normalize(out.pooled.float(), dim=-1) @ classes.T).softmax(dim=-1)  # (B, N-1)
-    maps = model.pixel_groups(out.soft, images.shape[-2:])  # (B, G, S, S)
+    maps = model.pixel_groups(out.hard if model.config.maps == "hard" else out.soft, images.shape[-2:])
     groups = maps.argmax(dim=1)  # (B, S, S)
     best, cls = group_probs.max(dim=-1)  # (B, G)
     # background where the group's best class is under the threshold, but never every group of an image

@@ -41,6 +41,7 @@ class GroupViTConfig:
     gumbel_tau: float = 1.0  # temperature of the training-time Gumbel noise
     threshold: float = 0.9  # inference: a segment whose best class is less probable is background (paper: VOC)
     templates: str = "photo"  # prompt templates of class names at inference ("a photo of a {}.")
+    maps: str = "soft"  # pixel -> group at inference: product of the stages' "soft" assignments (the paper's) or "hard"
     # a learned background embedding in the joint space (trained by the segment loss; clipforge's, not the
     # paper's): at inference a segment closer to it than to every class is background
     learned_background: bool = False
@@ -62,6 +63,8 @@ class GroupViTConfig:
             raise ConfigError(
                 f"a conv stem halves the size per conv: patch_size must be a power of 2, got {self.patch_size}"
             )
+        if self.maps not in ("soft", "hard"):
+            raise ConfigError(f"maps must be 'soft' or 'hard', got {self.maps!r}")
         if not 0 <= self.threshold <= 1:
             raise ConfigError(f"threshold is a probability, got {self.threshold}")
 
@@ -246,12 +249,12 @@ class GroupViT(nn.Module):
         x = self.final_norm(self.final_blocks(x))  # (B, G, C)
         return GroupingOutput(self.image_projection(x.mean(dim=1)), self.image_projection(x), soft, hard)
 
-    def forward(self, images: torch.Tensor, segments: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, segments: bool = False) -> torch.Tensor | tuple:
         """(B, 3, S, S) -> (B, E) unnormalised image embeddings (what training's DDP wrapper calls); with
-        `segments`, also the (B, G, E) final segments' embeddings."""
+        `segments`, (pooled, the (B, G, E) final segments' embeddings, the stages' hard assignments)."""
         if segments:
             out = self.image_groups(images)
-            return out.pooled, out.segments
+            return out.pooled, out.segments, tuple(out.hard)
         return self.encode_image(images)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:

@@ -44,9 +44,19 @@ class GroupViTOptions:
         "learned_background, also each segment against the nouns and the background",
     )
 
+    group_balance_weight: float = setting(
+        0.0,
+        help="weight of the group balance term (clipforge's, not the paper's; 0: off): per image and grouping "
+        "stage, log G minus the entropy of the image's share of tokens per group, so tokens spread over the groups "
+        "instead of collapsing into a few",
+    )
+
     def __post_init__(self) -> None:
-        if self.multi_label < 0 or self.multi_label_weight < 0 or self.segment_loss_weight < 0:
-            raise ConfigError("multi_label, multi_label_weight and segment_loss_weight cannot be negative")
+        weights = (self.multi_label, self.multi_label_weight, self.segment_loss_weight, self.group_balance_weight)
+        if min(weights) < 0:
+            raise ConfigError(
+                "multi_label, multi_label_weight, segment_loss_weight and group_balance_weight cannot be negative"
+            )
         if self.prompt.count("{}") != 1:
             raise ConfigError(f"prompt needs exactly one '{{}}' for the noun, got {self.prompt!r}")
 
@@ -134,12 +144,14 @@ class GroupViTTask(Task):
         """Normalised pooled image (B, E), caption (B, E) and prompt (B, K, E) embeddings and the scales."""
         inner = getattr(model, "module", model)
         out = {"ml_scale": inner.multi_label_scale()}
-        if "nouns" in batch:
-            pooled, segments = model(batch["images"], segments=True)
-            out["segments"] = F.normalize(segments.float(), dim=-1)
-            out["noun_presence"] = batch["noun_presence"].to(segments.device)
-            if hasattr(inner, "background_embedding"):
-                out["background"] = F.normalize(inner.background_embedding.float(), dim=-1)
+        if "nouns" in batch or self.options.group_balance_weight > 0:
+            pooled, segments, hard = model(batch["images"], segments=True)
+            out["assignments"] = hard
+            if "nouns" in batch:
+                out["segments"] = F.normalize(segments.float(), dim=-1)
+                out["noun_presence"] = batch["noun_presence"].to(segments.device)
+                if hasattr(inner, "background_embedding"):
+                    out["background"] = F.normalize(inner.background_embedding.float(), dim=-1)
         else:
             pooled = model(batch["images"])
         out["image"] = F.normalize(pooled.float(), dim=-1)
@@ -177,6 +189,8 @@ class GroupViTTask(Task):
             losses["multi_label"] = self.options.multi_label_weight * 0.5 * (image_side + prompt_side)
         if "segments" in outputs and self.options.segment_loss_weight > 0:
             losses.update(segment_losses(outputs, self.options.segment_loss_weight))
+        if "assignments" in outputs and self.options.group_balance_weight > 0:
+            losses["group_balance"] = self.options.group_balance_weight * group_balance(outputs["assignments"])
         return losses
 
     def after_step(self, model: GroupViT) -> None:
@@ -192,18 +206,20 @@ class GroupViTTask(Task):
 
 def segment_losses(outputs: dict[str, torch.Tensor], weight: float) -> dict[str, torch.Tensor]:
     """The segment-level noun loss (this rank's batch): with unit segments (B, G, E), noun prompts (U, E) and
-    which image's caption names which noun (B, U), each noun's positive in an image that names it is that
-    image's most similar segment. `segment_nouns`: each noun against every segment of the batch (softmax
-    over the B*G segments), so segments of other shapes and of the background are pushed off the noun.
+    which image's caption names which noun (B, U), each noun's positive in an image that names it is the
+    segment `match_segments` gives it (the most similar, distinct per noun). `segment_nouns`: each noun
+    against every segment of the batch (softmax over the B*G segments), so segments of other shapes and of
+    the background are pushed off the noun.
     `segment_background` (when the model learns a background embedding): each segment of an image that
     names a noun classified over [the batch's nouns, background], target its noun where it is that noun's
-    positive and background elsewhere (only images that name a noun take part)."""
+    positive, background where it is nearer the background than every noun the caption names, and no
+    target otherwise (only images that name a noun take part)."""
     segments, nouns, present = outputs["segments"], outputs["nouns"], outputs["noun_presence"]
     B, G, _ = segments.shape
     U = nouns.shape[0]
     scale = outputs["ml_scale"]
     sims = segments @ nouns.T  # (B, G, U)
-    best = sims.detach().argmax(dim=1)  # (B, U): each image's positive segment for each noun
+    best = match_segments(sims.detach(), present)  # (B, U): each image's positive segment for each noun
     rows = torch.arange(B, device=sims.device)[:, None] * G + best  # (B, U) flat index into the B*G segments
     log_p = (scale * sims.reshape(B * G, U)).log_softmax(dim=0)
     positives = present.float()
@@ -211,11 +227,51 @@ def segment_losses(outputs: dict[str, torch.Tensor], weight: float) -> dict[str,
     if "background" in outputs:
         classes = torch.cat([nouns, outputs["background"][None]])  # (U + 1, E)
         logits = scale * segments @ classes.T  # (B, G, U + 1)
-        target = torch.full((B, G), U, dtype=torch.long, device=sims.device)
+        # a segment that is no noun's positive is background, unless it is closer to a noun its caption names
+        # than to the background (another part of a named object, say): that one is left out (-100)
+        with torch.no_grad():
+            named_or_bg = torch.cat([present, torch.ones_like(present[:, :1])], dim=1)  # (B, U + 1)
+            nearest = logits.masked_fill(~named_or_bg[:, None, :], float("-inf")).argmax(dim=-1)  # (B, G)
+        target = torch.where(nearest == U, U, -100)
         b, u = present.nonzero(as_tuple=True)
         target[b, best[b, u]] = u
         named = present.any(dim=1)
         if named.any():
-            ce = F.cross_entropy(logits[named].reshape(-1, U + 1), target[named].reshape(-1))
-            losses["segment_background"] = weight * ce
+            ce = F.cross_entropy(logits[named].reshape(-1, U + 1), target[named].reshape(-1), reduction="sum")
+            losses["segment_background"] = weight * ce / (target[named] >= 0).sum().clamp(min=1)
     return losses
+
+
+def match_segments(sims: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """(B, U) each image's segment for each noun from similarities (B, G, U): greedily, most similar pair
+    first, so the nouns one caption names get different segments while there are segments left (a noun
+    the caption does not name takes its most similar segment; it is never a positive)."""
+    best = sims.argmax(dim=1)
+    G = sims.shape[1]
+    work = sims.float().cpu().numpy()
+    for b, named in enumerate(present.cpu().numpy()):
+        nouns = np.flatnonzero(named)
+        if len(nouns) < 2:
+            continue
+        free, left = np.ones(G, dtype=bool), list(nouns)
+        while left:
+            block = work[b][:, left]
+            block = np.where(free[:, None], block, -np.inf) if free.any() else block
+            g, j = np.unravel_index(int(np.argmax(block)), block.shape)
+            best[b, left[j]] = int(g)
+            free[g] = False
+            left.pop(j)
+    return best
+
+
+def group_balance(assignments: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Mean over the stages' assignments (B, G, L) of log G minus the entropy of each image's mean
+    assignment over its tokens: 0 when an image's tokens spread evenly over the groups, log G when they
+    all fall into one. Training passes the hard (straight-through) assignments: the soft ones can stay
+    near uniform while every token's argmax falls into the same few groups."""
+    terms = []
+    for s in assignments:
+        q = s.float().mean(dim=2)  # (B, G)
+        entropy = -(q * q.clamp(min=1e-12).log()).sum(dim=1)
+        terms.append(np.log(s.shape[1]) - entropy)
+    return torch.stack(terms).mean(dim=0).mean()
