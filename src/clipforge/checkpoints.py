@@ -90,7 +90,11 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             f"{path} is not a checkpoint clipforge can read (safetensors, a torch state dict or a TorchScript "
             f"archive); torch.load(weights_only=True) said: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from e
-    return _unwrap(obj, path), {}
+    meta = {}
+    if isinstance(obj, dict) and isinstance(obj.get("system"), str) and isinstance(obj.get("model_config"), dict):
+        # clipforge's own training checkpoint (checkpoints/last.pt): it names its system and config
+        meta = {"clipforge_system": obj["system"], "clipforge_config": json.dumps(obj["model_config"])}
+    return _unwrap(obj, path), meta
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -103,7 +103,7 @@ class Transformer(nn.Module):
         """OpenAI's scaled init: residual-branch outputs shrink with depth."""
         layers = len(self.resblocks)
         attn_std = self.width**-0.5
-        proj_std = attn_std * (2 * layers) ** -0.5
+        proj_std = attn_std * (2 * max(layers, 1)) ** -0.5  # (no blocks, nothing to set)
         fc_std = (2 * self.width) ** -0.5
         for block in self.resblocks:
             nn.init.normal_(block.attn.in_proj_weight, std=attn_std)

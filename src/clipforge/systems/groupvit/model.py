@@ -41,6 +41,10 @@ class GroupViTConfig:
     gumbel_tau: float = 1.0  # temperature of the training-time Gumbel noise
     threshold: float = 0.9  # inference: a segment whose best class is less probable is background (paper: VOC)
     templates: str = "photo"  # prompt templates of class names at inference ("a photo of a {}.")
+    # what a segment's embedding is read from: "tokens", its final token (the paper's; after attention it also
+    # carries the rest of the image), or "local", the mean over its pixels' patches of a per-patch MLP of the
+    # patch embeddings (only its own pixels speak for it; clipforge's, not the paper's)
+    segment_readout: str = "tokens"
     maps: str = "soft"  # pixel -> group at inference: product of the stages' "soft" assignments (the paper's) or "hard"
     # a learned background embedding in the joint space (trained by the segment loss; clipforge's, not the
     # paper's): at inference a segment closer to it than to every class is background
@@ -63,6 +67,8 @@ class GroupViTConfig:
             raise ConfigError(
                 f"a conv stem halves the size per conv: patch_size must be a power of 2, got {self.patch_size}"
             )
+        if self.segment_readout not in ("tokens", "local"):
+            raise ConfigError(f"segment_readout must be 'tokens' or 'local', got {self.segment_readout!r}")
         if self.maps not in ("soft", "hard"):
             raise ConfigError(f"maps must be 'soft' or 'hard', got {self.maps!r}")
         if not 0 <= self.threshold <= 1:
@@ -209,6 +215,11 @@ class GroupViT(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(c.init_logit_scale)))
         self.multi_label_logit_scale = nn.Parameter(torch.tensor(float(c.init_logit_scale)))
         self.max_logit_scale = c.max_logit_scale
+        if c.segment_readout == "local":
+            self.local_mlp = Mlp(c.width, int(c.width * c.mlp_ratio), "gelu")
+            self.local_norm = nn.LayerNorm(c.width)
+            self.local_projection = nn.Linear(c.width, c.embed_dim)
+            nn.init.normal_(self.local_projection.bias, std=0.02)
         if c.learned_background:
             self.background_embedding = nn.Parameter(torch.randn(c.embed_dim) / math.sqrt(c.embed_dim))
 
@@ -241,13 +252,29 @@ class GroupViT(nn.Module):
             raise ConfigError(f"expected images of shape (B, 3, {S}, {S}), got {tuple(images.shape)}")
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, L, C)
         x = self.patch_norm(x) + self.positional_embedding.to(x.dtype)
+        patches = x
         soft, hard, previous = [], [], None
         for stage in self.stages:
             x, previous, s, h = stage(x, previous)
             soft.append(s)
             hard.append(h)
         x = self.final_norm(self.final_blocks(x))  # (B, G, C)
-        return GroupingOutput(self.image_projection(x.mean(dim=1)), self.image_projection(x), soft, hard)
+        pooled = self.image_projection(x.mean(dim=1))
+        if self.config.segment_readout == "local":
+            return GroupingOutput(pooled, self.local_segments(patches, hard), soft, hard)
+        return GroupingOutput(pooled, self.image_projection(x), soft, hard)
+
+    def local_segments(self, patches: torch.Tensor, hard: list[torch.Tensor]) -> torch.Tensor:
+        """(B, G, E) each final group's embedding from its own patches only: the stages' hard assignments
+        composed (patch -> final group), the mean of a per-patch MLP over the group's patches (each
+        LayerNormed), projection; an empty group reads as the projection's bias. The readout names the groups
+        but does not shape them: no gradient flows from it into the assignments (through them it was 50x
+        the rest of the gradient, and it pulls a whole image into the group it names)."""
+        composed = hard[0].detach()  # (B, G_1, L)
+        for h in hard[1:]:
+            composed = h.detach() @ composed  # (B, G_i, L)
+        weights = composed / composed.sum(dim=-1, keepdim=True).clamp(min=1)
+        return self.local_projection(weights @ self.local_norm(patches + self.local_mlp(patches)))
 
     def forward(self, images: torch.Tensor, segments: bool = False) -> torch.Tensor | tuple:
         """(B, 3, S, S) -> (B, E) unnormalised image embeddings (what training's DDP wrapper calls); with

@@ -7,15 +7,18 @@ from ...config import TextConfig
 from .model import GroupViTConfig
 
 PRESETS = {
-    # the synthetic world: 64 px, 4-px patches (256 tokens) -> 16 -> 4 segments; the `shapes` text tower
+    # the synthetic world: 64 px, 8-px patches (64 tokens) -> 16 -> 8 segments; the `shapes` text tower; a
+    # learned background embedding decides background, and pixels take their groups from the hard maps
     "groupvit-shapes": GroupViTConfig(
         embed_dim=128,
         image_size=64,
-        patch_size=4,
+        patch_size=8,
         width=128,
         head_width=32,
         depths=(2, 2, 1),
-        groups=(16, 4),
+        groups=(16, 8),
+        learned_background=True,
+        maps="hard",
         text=TextConfig(width=128, layers=1, head_width=32, act="gelu"),
     ),
     # the paper's ViT-S: 224 px, 16-px patches (196 tokens) -> 64 -> 8 segments, 12-layer text tower

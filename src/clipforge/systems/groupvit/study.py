@@ -35,7 +35,7 @@ class StudySettings:
     """What `clipforge study groupvit` runs (its flags)."""
 
     clip: str = "shapes"
-    steps: int = 900
+    steps: int = 2000
     batch_size: int = 128
     lr: float = 2e-3
     test_images: int = 500
@@ -61,7 +61,8 @@ def score(model: GroupViT, n: int, seed: int, threshold: float) -> dict[str, Any
     k = len(SYNTHETIC_CLASSES)
     thresholds = sorted({threshold, model.config.threshold, *StudySettings.thresholds})
     conf = {t: np.zeros((k, k), dtype=np.int64) for t in thresholds}
-    oracle, background, image_label = (np.zeros((k, k), dtype=np.int64) for _ in range(3))
+    oracle, background = (np.zeros((k, k), dtype=np.int64) for _ in range(2))
+    image_label = {t: np.zeros((k, k), dtype=np.int64) for t in thresholds}
     naming = {"named_right": 0, "named_another_shape": 0, "called_background": 0}
     for start in range(0, n, 64):
         batch = collate_segmentation([ds[i] for i in range(start, min(n, start + 64))])
@@ -87,17 +88,20 @@ def score(model: GroupViT, n: int, seed: int, threshold: float) -> dict[str, Any
                     naming[key] += 1
             oracle += confusion_matrix(majority[groups], gt, k)
             top, prob = int(r.image_probs[i].argmax()), float(r.image_probs[i].max())
-            painted = np.full_like(gt, top + 1 if prob >= threshold else 0)
-            image_label += confusion_matrix(painted, gt, k)
+            for t in thresholds:  # the baseline gets each threshold; its best is reported
+                image_label[t] += confusion_matrix(np.full_like(gt, top + 1 if prob >= t else 0), gt, k)
         background += confusion_matrix(np.zeros_like(truth), truth, k)
     names = list(SYNTHETIC_CLASSES)
     total = max(1, sum(naming.values()))
+    image_scores = {t: segmentation_scores(c, names) for t, c in image_label.items()}
+    image_best = max(image_scores, key=lambda t: image_scores[t]["miou"])
     return {
         "scores": segmentation_scores(conf[threshold], names),
         "paper_threshold": segmentation_scores(conf[model.config.threshold], names),
         "oracle": segmentation_scores(oracle, names),
         "all_background": segmentation_scores(background, names),
-        "image_label": segmentation_scores(image_label, names),
+        "image_label": image_scores[image_best],
+        "image_label_threshold": image_best,
         "threshold_sweep": {str(t): segmentation_scores(c, names)["miou"] for t, c in conf.items()},
         "shape_groups": {**naming, **{f"{key}_fraction": v / total for key, v in naming.items()}},
     }
@@ -132,10 +136,11 @@ def _report(s: StudySettings, r: dict[str, Any], threshold: float, seconds: floa
     b = {
         "all_background_miou": round(r["all_background"]["miou"], 4),
         "image_label_miou": round(r["image_label"]["miou"], 4),
+        "image_label_threshold": r["image_label_threshold"],  # its best among the thresholds, on these scenes
     }
     naming = r["shape_groups"]
     gap = m["oracle_miou"] - m["miou"]
-    best_baseline = max(b.values())
+    best_baseline = max(b["all_background_miou"], b["image_label_miou"])
     claims = [
         {
             "claim": "Semantic segmentation emerges from captions alone: zero-shot mIoU far above the baselines, "
@@ -234,7 +239,8 @@ def _markdown(r: dict[str, Any]) -> str:
         f"| GroupViT, the paper's threshold 0.9 | {m['miou_at_paper_threshold']:.3f} |",
         f"| oracle: each group given its majority class | {m['oracle_miou']:.3f} |",
         f"| all background | {b['all_background_miou']:.3f} |",
-        f"| image-level zero-shot label over the whole image | {b['image_label_miou']:.3f} |",
+        f"| image-level zero-shot label over the whole image (its best threshold, {b['image_label_threshold']}) "
+        f"| {b['image_label_miou']:.3f} |",
         "",
         "Threshold sweep (mIoU): " + ", ".join(f"{t}: {v:.3f}" for t, v in r["threshold_sweep"].items()),
         "",

@@ -206,20 +206,18 @@ class GroupViTTask(Task):
 
 def segment_losses(outputs: dict[str, torch.Tensor], weight: float) -> dict[str, torch.Tensor]:
     """The segment-level noun loss (this rank's batch): with unit segments (B, G, E), noun prompts (U, E) and
-    which image's caption names which noun (B, U), each noun's positive in an image that names it is the
-    segment `match_segments` gives it (the most similar, distinct per noun). `segment_nouns`: each noun
-    against every segment of the batch (softmax over the B*G segments), so segments of other shapes and of
-    the background are pushed off the noun.
+    which image's caption names which noun (B, U), each noun's positive in an image that names it is that
+    image's most similar segment. `segment_nouns`: each noun against every segment of the batch (softmax
+    over the B*G segments), so segments of other shapes and of the background are pushed off the noun.
     `segment_background` (when the model learns a background embedding): each segment of an image that
     names a noun classified over [the batch's nouns, background], target its noun where it is that noun's
-    positive, background where it is nearer the background than every noun the caption names, and no
-    target otherwise (only images that name a noun take part)."""
+    positive and background elsewhere (only images that name a noun take part)."""
     segments, nouns, present = outputs["segments"], outputs["nouns"], outputs["noun_presence"]
     B, G, _ = segments.shape
     U = nouns.shape[0]
     scale = outputs["ml_scale"]
     sims = segments @ nouns.T  # (B, G, U)
-    best = match_segments(sims.detach(), present)  # (B, U): each image's positive segment for each noun
+    best = sims.detach().argmax(dim=1)  # (B, U): each image's positive segment for each noun
     rows = torch.arange(B, device=sims.device)[:, None] * G + best  # (B, U) flat index into the B*G segments
     log_p = (scale * sims.reshape(B * G, U)).log_softmax(dim=0)
     positives = present.float()
@@ -227,41 +225,14 @@ def segment_losses(outputs: dict[str, torch.Tensor], weight: float) -> dict[str,
     if "background" in outputs:
         classes = torch.cat([nouns, outputs["background"][None]])  # (U + 1, E)
         logits = scale * segments @ classes.T  # (B, G, U + 1)
-        # a segment that is no noun's positive is background, unless it is closer to a noun its caption names
-        # than to the background (another part of a named object, say): that one is left out (-100)
-        with torch.no_grad():
-            named_or_bg = torch.cat([present, torch.ones_like(present[:, :1])], dim=1)  # (B, U + 1)
-            nearest = logits.masked_fill(~named_or_bg[:, None, :], float("-inf")).argmax(dim=-1)  # (B, G)
-        target = torch.where(nearest == U, U, -100)
+        target = torch.full((B, G), U, dtype=torch.long, device=sims.device)
         b, u = present.nonzero(as_tuple=True)
         target[b, best[b, u]] = u
         named = present.any(dim=1)
         if named.any():
-            ce = F.cross_entropy(logits[named].reshape(-1, U + 1), target[named].reshape(-1), reduction="sum")
-            losses["segment_background"] = weight * ce / (target[named] >= 0).sum().clamp(min=1)
+            ce = F.cross_entropy(logits[named].reshape(-1, U + 1), target[named].reshape(-1))
+            losses["segment_background"] = weight * ce
     return losses
-
-
-def match_segments(sims: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """(B, U) each image's segment for each noun from similarities (B, G, U): greedily, most similar pair
-    first, so the nouns one caption names get different segments while there are segments left (a noun
-    the caption does not name takes its most similar segment; it is never a positive)."""
-    best = sims.argmax(dim=1)
-    G = sims.shape[1]
-    work = sims.float().cpu().numpy()
-    for b, named in enumerate(present.cpu().numpy()):
-        nouns = np.flatnonzero(named)
-        if len(nouns) < 2:
-            continue
-        free, left = np.ones(G, dtype=bool), list(nouns)
-        while left:
-            block = work[b][:, left]
-            block = np.where(free[:, None], block, -np.inf) if free.any() else block
-            g, j = np.unravel_index(int(np.argmax(block)), block.shape)
-            best[b, left[j]] = int(g)
-            free[g] = False
-            left.pop(j)
-    return best
 
 
 def group_balance(assignments: tuple[torch.Tensor, ...]) -> torch.Tensor:
