@@ -48,3 +48,26 @@ def test_compiled_training_matches_eager_over_20_steps(tmp_path):
         twin.visual.conv1.weight.zero_()
     x = torch.randn(2, 3, 64, 64)
     assert not torch.equal(model.encode_image(x), twin.encode_image(x))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="inductor needs a C compiler")
+def test_compiled_embedding_matches_eager_and_pads_the_last_batch(tmp_path):
+    import numpy as np
+    import torch._dynamo
+
+    import clipforge
+    from clipforge.embed import embed_images
+
+    torch._dynamo.reset()
+    model = clipforge.create_model("tiny-vit", seed=0).eval()
+    rows = {}
+    for compiled in (False, True):
+        out = tmp_path / str(compiled)
+        r = embed_images(model, "synthetic:n=10", out, batch_size=4, precision="fp32", workers=0, progress=False,
+                         compile=compiled)  # fmt: skip
+        assert r.embedded == 10  # 4 + 4 + a last batch of 2, padded to 4 for the compiled graph
+        rows[compiled] = np.load(out / "img_emb" / "img_emb_0.npy").astype(np.float32)
+    assert rows[True].shape == (10, model.config.embed_dim)
+    np.testing.assert_allclose(rows[True], rows[False], atol=2e-3)
+    assert model.visual.forward.__func__ is type(model.visual).forward  # the caller's model is not compiled

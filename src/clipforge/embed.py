@@ -196,18 +196,24 @@ def _write_shard(
     atomic_write(out / "metadata" / f"metadata_{k}.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
-def _runner(model, precision: str):
+def _runner(model, precision: str, compile: bool = False):
     """The model that embeds: under bf16, a copy with bf16 weights run without autocast (autocast would
     cast every weight on every batch: 5% of a ViT-B-32 image batch; 8% faster, the same 0.99994 cosine to
-    fp32 as autocast); otherwise the model itself under `autocast` (fp16) or in fp32."""
+    fp32 as autocast); otherwise the model itself under `autocast` (fp16) or in fp32. With `compile`, a
+    copy whose image tower's forward is torch.compiled for one batch shape (the caller pads the last batch)."""
     import copy
 
     from .precision import autocast
 
-    if precision == "bf16":
-        return copy.deepcopy(model).to(torch.bfloat16), torch.bfloat16, contextlib.nullcontext
     device = next(model.parameters()).device
-    return model, None, lambda: autocast(precision, device)
+    if precision == "bf16":
+        runner, in_dtype, ctx = copy.deepcopy(model).to(torch.bfloat16), torch.bfloat16, contextlib.nullcontext
+    else:
+        runner, in_dtype, ctx = model, None, lambda: autocast(precision, device)
+    if compile:
+        runner = runner if runner is not model else copy.deepcopy(model)
+        runner.visual.forward = torch.compile(runner.visual.forward, dynamic=False)
+    return runner, in_dtype, ctx
 
 
 def _require_pyarrow() -> None:
@@ -243,9 +249,11 @@ def embed_images(
     dtype: str = "float16",
     progress: bool = True,
     model_name: str = "",
+    compile: bool = False,
 ) -> EmbedResult:
     """Embed every image of `source` with `model` (a CLIP) into `out` (see the module doc); captions of the
-    source go to text_emb when `captions` and the source has them. Resumes where complete shards end."""
+    source go to text_emb when `captions` and the source has them. Resumes where complete shards end.
+    `compile`: torch.compile the image tower first (the first batch pays the compile time)."""
     from tqdm.auto import tqdm
 
     from .precision import resolve_precision
@@ -284,7 +292,7 @@ def embed_images(
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate, shuffle=False)
     from .tokenizer import tokenize
 
-    runner, in_dtype, ctx = _runner(model, prec)
+    runner, in_dtype, ctx = _runner(model, prec, compile)
 
     np_dtype = np.float16 if dtype == "float16" else np.float32
     shard_images: list = []
@@ -313,8 +321,12 @@ def embed_images(
         last_seen = max([last_seen, *batch["index"], *batch["skipped_index"]])
         if batch["images"] is None:
             continue
+        images = batch["images"]
+        n = len(images)
+        if compile and n < batch_size:  # one shape for the compiled graph: pad the last batch
+            images = torch.cat([images, images.new_zeros((batch_size - n, *images.shape[1:]))])
         with ctx():
-            emb = runner.encode_image(batch["images"].to(device, dtype=in_dtype, non_blocking=True))
+            emb = runner.encode_image(images.to(device, dtype=in_dtype, non_blocking=True))[:n]
         emb = torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy().astype(np_dtype)
         texts = None
         if with_text:

@@ -204,6 +204,7 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-captions", action="store_true", help="do not embed the source's captions (text_emb)")
     p.add_argument("--act", default=None, choices=["gelu", "quick_gelu"])
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: a GPU if there is one)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the image tower (pays back on large folders)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -225,7 +226,7 @@ def _embed(args: argparse.Namespace) -> int:
         result = embed_images(
             model, args.images, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
             workers=args.workers, precision=args.precision, captions=not args.no_captions, dtype=args.dtype,
-            progress=not args.no_progress, model_name=args.model,
+            progress=not args.no_progress, model_name=args.model, compile=args.compile,
         )  # fmt: skip
     print(json.dumps(result.__dict__))
     return 0
