@@ -206,3 +206,23 @@ def test_a_sigmoid_loss_model_round_trips_in_the_openai_layout(tmp_path):
     assert back.config.init_logit_bias == -7.5 and float(back.logit_bias.detach()) == -7.5
     with pytest.raises(clipforge.CheckpointError, match="no logit bias"):
         clipforge.save(model, tmp_path / "hf", format="hf")
+
+
+def test_training_checkpoints_load_by_their_stored_system_and_foreign_ones_are_not_misrouted(tmp_path):
+    from clipforge.errors import CheckpointError
+    from clipforge.settings import to_dict
+
+    model = _model()
+    sd = model.state_dict()
+    path = tmp_path / "last.pt"
+    torch.save({"model": sd, "system": "clip", "model_config": to_dict(model.config), "step": 3}, path)
+    _same_outputs(model, clipforge.load(path))  # the stored config, not a guess from the keys
+    # an unknown system, or a config that is not JSON: no metadata; the keys decide as for any state dict
+    for extra in ({"system": "no-such-system", "model_config": {}}, {"system": "clip", "model_config": {"x": sd}}):
+        torch.save({"model": sd, **extra}, path)
+        guessed = clipforge.load(path)  # a CLIP's keys: the CLIP importer reads the weights (it guesses the rest)
+        assert type(guessed) is type(model)
+        assert all(torch.equal(v, guessed.state_dict()[k]) for k, v in sd.items())
+        torch.save({"model": {"w": torch.zeros(2)}, **extra}, path)
+        with pytest.raises(CheckpointError, match="not a checkpoint of any registered system"):
+            clipforge.load(path)

@@ -90,11 +90,21 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             f"{path} is not a checkpoint clipforge can read (safetensors, a torch state dict or a TorchScript "
             f"archive); torch.load(weights_only=True) said: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from e
-    meta = {}
-    if isinstance(obj, dict) and isinstance(obj.get("system"), str) and isinstance(obj.get("model_config"), dict):
-        # clipforge's own training checkpoint (checkpoints/last.pt): it names its system and config
-        meta = {"clipforge_system": obj["system"], "clipforge_config": json.dumps(obj["model_config"])}
-    return _unwrap(obj, path), meta
+    return _unwrap(obj, path), _training_checkpoint_meta(obj)
+
+
+def _training_checkpoint_meta(obj: Any) -> dict[str, str]:
+    """clipforge's own training checkpoint (checkpoints/last.pt) names its system and config: metadata as a
+    safetensors file would carry it. Anything else (a foreign file, an unknown system, a config that is
+    not JSON) gets none and is offered to the importers like any state dict."""
+    if not isinstance(obj, dict) or obj.get("system") not in list_systems():
+        return {}
+    if not isinstance(obj.get("model_config"), dict):
+        return {}
+    try:
+        return {"clipforge_system": obj["system"], "clipforge_config": json.dumps(obj["model_config"])}
+    except (TypeError, ValueError):
+        return {}
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -63,7 +63,8 @@ def group_labels(model: GroupViT, images: torch.Tensor, classes: torch.Tensor, t
     maps = model.pixel_groups(out.hard if model.config.maps == "hard" else out.soft, images.shape[-2:])
     groups = maps.argmax(dim=1)  # (B, S, S)
     best, cls = group_probs.max(dim=-1)  # (B, G)
-    # background where the group's best class is under the threshold, but never every group of an image
+    # background where the group's best class is under the threshold, but the threshold never takes every
+    # group of an image (a learned background may: a photo of none of the classes)
     cut = torch.minimum(torch.full_like(best[:, :1], threshold), best.max(dim=1, keepdim=True).values)
     group_label = torch.where((best < cut) | is_background, torch.zeros_like(cls), cls + 1)  # (B, G)
     labels = group_label.gather(1, groups.flatten(1)).view_as(groups)

@@ -301,8 +301,8 @@ class GroupViT(nn.Module):
         return self.multi_label_logit_scale.exp().clamp(max=self.max_logit_scale)
 
     def pixel_groups(self, soft: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        """(B, G, H, W) probability of each final group at every pixel: the product of the stages' soft
-        maps on the patch grid, upsampled bilinearly to `size`."""
+        """(B, G, H, W) weight of each final group at every pixel: the product of the stages' assignment maps
+        on the patch grid (soft: probabilities; hard: one-hot compositions), upsampled bilinearly to `size`."""
         maps = soft[0].float().transpose(1, 2)  # (B, L, G_1)
         for s in soft[1:]:
             maps = maps @ s.float().transpose(1, 2)  # (B, L, G_i)

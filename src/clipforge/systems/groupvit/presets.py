@@ -7,8 +7,8 @@ from ...config import TextConfig
 from .model import GroupViTConfig
 
 PRESETS = {
-    # the synthetic world: 64 px, 8-px patches (64 tokens) -> 16 -> 8 segments; the `shapes` text tower; a
-    # learned background embedding decides background, and pixels take their groups from the hard maps
+    # the synthetic world: 64 px, 8-px patches (64 tokens) -> 16 -> 8 segments; the `shapes` text tower;
+    # pixels take their groups from the hard maps (the `shapes` recipe adds the learned background)
     "groupvit-shapes": GroupViTConfig(
         embed_dim=128,
         image_size=64,
@@ -17,7 +17,6 @@ PRESETS = {
         head_width=32,
         depths=(2, 2, 1),
         groups=(16, 8),
-        learned_background=True,
         maps="hard",
         text=TextConfig(width=128, layers=1, head_width=32, act="gelu"),
     ),

@@ -14,7 +14,7 @@ SHAPES = Recipe(
     model="groupvit-shapes",
     data="synthetic:n=1000000",
     clip="shapes",
-    settings={"segment_loss_weight": 1.0},
+    settings={"learned_background": True, "segment_loss_weight": 1.0},
     train={"steps": 2000, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.05},
 )
 

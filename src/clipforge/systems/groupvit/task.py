@@ -129,7 +129,15 @@ class GroupViTTask(Task):
         return tokens[:, : int((tokens != 0).sum(dim=1).max())]
 
     def configure(self, model: GroupViT) -> None:
-        """Freeze the text tower if asked (default: a trained one from --clip stays as it is)."""
+        """Freeze the text tower if asked (default: a trained one from --clip stays as it is); refuse a
+        learned background or local readout that nothing would train."""
+        needs = [n for n, on in (("learned_background", model.config.learned_background),
+                                 ("segment_readout=local", model.config.segment_readout == "local")) if on]  # fmt: skip
+        if needs and not self.options.segment_loss_weight > 0:
+            raise ConfigError(
+                f"{' and '.join(needs)} is trained only by the segment loss: --set segment_loss_weight=1 "
+                "(the shapes recipe sets both)"
+            )
         if self.options.lock_text:
             for p in model.text.parameters():
                 p.requires_grad_(False)
@@ -144,7 +152,7 @@ class GroupViTTask(Task):
         """Normalised pooled image (B, E), caption (B, E) and prompt (B, K, E) embeddings and the scales."""
         inner = getattr(model, "module", model)
         out = {"ml_scale": inner.multi_label_scale()}
-        if "nouns" in batch or self.options.group_balance_weight > 0:
+        if self.options.segment_loss_weight > 0 or self.options.group_balance_weight > 0:
             pooled, segments, hard = model(batch["images"], segments=True)
             out["assignments"] = hard
             if "nouns" in batch:
@@ -207,29 +215,44 @@ class GroupViTTask(Task):
 def segment_losses(outputs: dict[str, torch.Tensor], weight: float) -> dict[str, torch.Tensor]:
     """The segment-level noun loss (this rank's batch): with unit segments (B, G, E), noun prompts (U, E) and
     which image's caption names which noun (B, U), each noun's positive in an image that names it is that
-    image's most similar segment. `segment_nouns`: each noun against every segment of the batch (softmax
-    over the B*G segments), so segments of other shapes and of the background are pushed off the noun.
+    image's most similar occupied segment (groups no token falls into take no part). `segment_nouns`: each
+    noun against every segment of the batch (softmax over the B*G segments), so segments of other shapes and
+    of the background are pushed off the noun; where several images name the noun their positives share
+    the softmax (the loss cannot go below log of their count), and a second segment of a named shape (a
+    split shape, a second circle) is pushed off it like the background.
     `segment_background` (when the model learns a background embedding): each segment of an image that
     names a noun classified over [the batch's nouns, background], target its noun where it is that noun's
-    positive and background elsewhere (only images that name a noun take part)."""
+    positive (the most similar noun where two chose it) and background elsewhere (only images that name a
+    noun take part)."""
     segments, nouns, present = outputs["segments"], outputs["nouns"], outputs["noun_presence"]
     B, G, _ = segments.shape
     U = nouns.shape[0]
     scale = outputs["ml_scale"]
     sims = segments @ nouns.T  # (B, G, U)
-    best = sims.detach().argmax(dim=1)  # (B, U): each image's positive segment for each noun
+    occupied = torch.ones(B, G, dtype=torch.bool, device=sims.device)
+    if "assignments" in outputs:  # a group no token falls into paints no pixel: neither positive nor negative
+        composed = outputs["assignments"][0].detach().float()
+        for h in outputs["assignments"][1:]:
+            composed = h.detach().float() @ composed
+        occupied = composed.sum(dim=-1) > 0  # (B, G)
+    hole = torch.finfo(sims.dtype).min
+    best = sims.detach().masked_fill(~occupied[..., None], hole).argmax(dim=1)  # (B, U): each noun's positive
     rows = torch.arange(B, device=sims.device)[:, None] * G + best  # (B, U) flat index into the B*G segments
-    log_p = (scale * sims.reshape(B * G, U)).log_softmax(dim=0)
+    logits = (scale * sims).masked_fill(~occupied[..., None], hole).reshape(B * G, U)
+    log_p = logits.log_softmax(dim=0)
     positives = present.float()
     losses = {"segment_nouns": weight * -(log_p.gather(0, rows) * positives).sum() / positives.sum().clamp(min=1)}
     if "background" in outputs:
         classes = torch.cat([nouns, outputs["background"][None]])  # (U + 1, E)
         logits = scale * segments @ classes.T  # (B, G, U + 1)
-        target = torch.full((B, G), U, dtype=torch.long, device=sims.device)
-        b, u = present.nonzero(as_tuple=True)
-        target[b, best[b, u]] = u
+        # a segment that is some named noun's positive takes that noun (the most similar one where two nouns
+        # chose the same segment), every other occupied segment the background
+        chosen = present[:, None, :] & (best[:, None, :] == torch.arange(G, device=sims.device)[None, :, None])
+        winner = sims.detach().masked_fill(~chosen, hole).argmax(dim=-1)  # (B, G)
+        target = torch.where(chosen.any(dim=-1), winner, torch.full_like(winner, U))
+        target = target.masked_fill(~occupied, -100)
         named = present.any(dim=1)
-        if named.any():
+        if named.any() and (target[named] >= 0).any():
             ce = F.cross_entropy(logits[named].reshape(-1, U + 1), target[named].reshape(-1))
             losses["segment_background"] = weight * ce
     return losses
@@ -243,6 +266,7 @@ def group_balance(assignments: tuple[torch.Tensor, ...]) -> torch.Tensor:
     terms = []
     for s in assignments:
         q = s.float().mean(dim=2)  # (B, G)
-        entropy = -(q * q.clamp(min=1e-12).log()).sum(dim=1)
+        # an empty group's log is taken at one token's share: its pull stays finite and tied to the token count
+        entropy = -(q * q.clamp(min=1 / s.shape[2]).log()).sum(dim=1)
         terms.append(np.log(s.shape[1]) - entropy)
     return torch.stack(terms).mean(dim=0).mean()
