@@ -78,15 +78,22 @@ def test_a_killed_run_resumes_at_the_first_missing_shard(model, tmp_path):
     assert again.embedded == 0 and again.resumed_from == 40
 
 
-def test_folder_with_a_damaged_image_and_a_texts_file(model, tmp_path):
+def _image_folder(tmp_path, n, damaged):
+    """`n` synthetic scenes as tmp_path/images/{i}.png, the files in `damaged` overwritten with its bytes."""
     from clipforge.data.synthetic import SyntheticWorld
 
     folder = tmp_path / "images"
     folder.mkdir()
-    world = SyntheticWorld(6, 64, "val", 0)
-    for i in range(6):
+    world = SyntheticWorld(n, 64, "val", 0)
+    for i in range(n):
         world[i].image.save(folder / f"{i}.png")
-    (folder / "3.png").write_bytes(b"\x89PNG broken")
+    for i, data in damaged.items():
+        (folder / f"{i}.png").write_bytes(data)
+    return folder
+
+
+def test_folder_with_a_damaged_image_and_a_texts_file(model, tmp_path):
+    folder = _image_folder(tmp_path, 6, {3: b"\x89PNG broken"})
     r = embed_images(model, str(folder), tmp_path / "out", batch_size=4, workers=1, progress=False)
     assert (r.embedded, r.skipped) == (5, 1)
     index = EmbeddingIndex(tmp_path / "out")
@@ -117,15 +124,8 @@ def test_embed_command_and_bad_input(tmp_path, capsys):
 
 
 def test_trailing_undecodable_images_still_complete_the_run_and_settings_must_match(model, tmp_path):
-    from clipforge.data.synthetic import SyntheticWorld
-
-    folder = tmp_path / "images"
-    folder.mkdir()
-    world = SyntheticWorld(7, 64, "val", 0)
-    for i in range(7):
-        world[i].image.save(folder / f"{i}.png")
-    for i in (4, 5, 6):  # the last two shards (of size 2) hold only damaged files
-        (folder / f"{i}.png").write_bytes(b"junk")
+    # the last two shards (of size 2) hold only damaged files
+    folder = _image_folder(tmp_path, 7, {4: b"junk", 5: b"junk", 6: b"junk"})
     common = {"batch_size": 4, "shard_size": 2, "workers": 0, "progress": False}
     r = embed_images(model, str(folder), tmp_path / "out", **common)
     assert (r.embedded, r.skipped) == (4, 3)
