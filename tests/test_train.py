@@ -105,6 +105,20 @@ def test_bf16_autocast_training_runs_wherever_asked(tmp_path):
     assert res.precision == "bf16" and math.isfinite(res.final_loss)
 
 
+def test_caption_padding_to_a_multiple_is_exact():
+    """Compiled training pads caption tokens to a multiple of 16: the lengths round up (never past the
+    context length) and the text embeddings equal the trimmed batch's."""
+    model = clipforge.create_model("tiny-vit", seed=0, **SMALL_KW).eval()
+    ds, _ = build_dataset("synthetic:n=16", clipforge.image_transform(32), 32)
+    items = [ds[i] for i in range(16)]
+    trimmed, padded = ImageTextCollate()(items)["tokens"], ImageTextCollate(multiple=16)(items)["tokens"]
+    assert padded.shape[1] % 16 == 0 and 0 < padded.shape[1] - trimmed.shape[1] < 16
+    assert (padded[:, : trimmed.shape[1]] == trimmed).all() and (padded[:, trimmed.shape[1] :] == 0).all()
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(padded), model.encode_text(trimmed), atol=1e-5, rtol=1e-5)
+    assert ImageTextCollate(context_length=20, multiple=16)(items)["tokens"].shape[1] <= 20
+
+
 def test_exact_gradient_accumulation():
     """Gradients from 4 cached micro-batches equal the big-batch gradients of the contrastive loss."""
     model = clipforge.create_model("tiny-vit", seed=0, **SMALL_KW).train()

@@ -74,10 +74,12 @@ def make_loader(
 class ImageTextCollate:
     """Batches image-caption samples: stacks images, tokenises captions (truncating over-long ones)
     and trims tokens to the longest caption in the batch, which is exact for a causal text tower
-    pooled at end-of-text. A plain object, so data workers can receive it under any start method."""
+    pooled at end-of-text; `multiple` rounds that length up (at most to the context length), so a
+    compiled text tower meets a few shapes instead of one per caption length. A plain object, so data
+    workers can receive it under any start method."""
 
-    def __init__(self, context_length: int = 77) -> None:
-        self.context_length = context_length
+    def __init__(self, context_length: int = 77, multiple: int = 1) -> None:
+        self.context_length, self.multiple = context_length, multiple
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Samples -> {images (B, 3, H, W), tokens (B, L) int64, captions, skipped (summed)}."""
@@ -86,6 +88,7 @@ class ImageTextCollate:
         captions = [it["caption"] for it in items]
         tokens = get_tokenizer()(captions, context_length=self.context_length, truncate=True)
         longest = int((tokens != 0).sum(dim=1).max())
+        longest = min(self.context_length, -(-longest // self.multiple) * self.multiple)
         return {
             "images": torch.stack([it["image"] for it in items]),
             "tokens": tokens[:, :longest].contiguous(),
