@@ -171,14 +171,42 @@ def test_the_balance_term_counts_collapse():
     assert group_balance((spread, collapsed)).item() == pytest.approx(np.log(4) / 2, rel=1e-5)
 
 
+def test_colour_affinity_pulls_like_patches_together_and_unlike_ones_apart():
+    from types import SimpleNamespace
+
+    from clipforge.config import PreprocessConfig
+    from clipforge.systems.groupvit.task import affinity_loss, patch_affinity
+
+    pre = PreprocessConfig()
+    raw = torch.zeros(1, 3, 32, 32)
+    raw[:, 0, :, 16:] = 1.0  # the right half red, the left black: a 4 x 4 grid of 8-px patches
+    images = (raw - torch.tensor(pre.mean).view(1, 3, 1, 1)) / torch.tensor(pre.std).view(1, 3, 1, 1)
+    a = patch_affinity(images, SimpleNamespace(preprocess=pre, patch_size=8), sigma=0.1)
+    assert a.shape == (1, 4, 4, 4)
+    assert a[0, 0, :, 1].max() < 1e-6 and a[0, 0, :, 0].min() > 0.999  # right neighbour across / within a half
+    assert a[0, 1, :3].min() > 0.999  # the lower neighbour always shares the colour
+    half = (torch.arange(16) % 4 >= 2).long()  # each patch's half, row-major
+    by_colour = F.one_hot(half, 2).T[None].float()  # (1, 2, 16): one final group per half
+    together = F.one_hot(torch.zeros(16, dtype=torch.long), 2).T[None].float()
+    assert affinity_loss((by_colour,), a).item() == pytest.approx(0.0, abs=1e-5)
+    assert affinity_loss((together,), a).item() > 0.1  # every pair across the halves costs its full share
+    # two stages compose; the gradient reaches the logits through the straight-through assignment
+    logits = torch.randn(1, 4, 16, requires_grad=True)
+    first = GroupingBlock(8, 1, 4, 4, 1.0, 1.0).train().assign(logits)
+    second = F.one_hot(torch.tensor([0, 0, 1, 1]), 2).T[None].float()  # 4 groups -> 2
+    affinity_loss((first, second), a).backward()
+    assert logits.grad.abs().sum() > 0
+
+
 def test_segment_loss_trains_through_the_task_and_the_learned_background_decides():
     from clipforge.systems.groupvit.infer import class_embeddings, group_labels
 
     run = prepare_run(
         "groupvit",
         data="synthetic:n=16",
-        settings={"segment_loss_weight": 1.0, "learned_background": True, "group_balance_weight": 0.5},
-    )
+        settings={"segment_loss_weight": 1.0, "learned_background": True, "group_balance_weight": 0.5,
+                  "affinity_weight": 0.5},
+    )  # fmt: skip
     model, task = run.model, run.task
     task.configure(model)
     batch = task.collate([run.dataset[i] for i in range(8)])
@@ -186,7 +214,7 @@ def test_segment_loss_trains_through_the_task_and_the_learned_background_decides
               if w in c.lower()] for c in batch["captions"]]  # fmt: skip
     assert batch["nouns"].shape[0] == len({w for ws in words for w in ws}) and batch["noun_presence"].shape[0] == 8
     losses = task.loss(task.forward(model.train(), batch))
-    assert {"segment_nouns", "segment_background", "group_balance"} <= set(losses)
+    assert {"segment_nouns", "segment_background", "group_balance", "affinity"} <= set(losses)
     sum(losses.values()).backward()
     assert model.background_embedding.grad is not None and model.background_embedding.grad.abs().sum() > 0
     # inference: a segment whose nearest embedding is the learned background is background at any threshold

@@ -270,9 +270,7 @@ class GroupViT(nn.Module):
         LayerNormed), projection; an empty group reads as the projection's bias. The readout names the groups
         but does not shape them: no gradient flows from it into the assignments (through them it was 50x
         the rest of the gradient, and it pulls a whole image into the group it names)."""
-        composed = hard[0].detach()  # (B, G_1, L)
-        for h in hard[1:]:
-            composed = h.detach() @ composed  # (B, G_i, L)
+        composed = compose([h.detach() for h in hard])
         weights = composed / composed.sum(dim=-1, keepdim=True).clamp(min=1)
         return self.local_projection(weights @ self.local_norm(patches + self.local_mlp(patches)))
 
@@ -303,12 +301,19 @@ class GroupViT(nn.Module):
     def pixel_groups(self, soft: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """(B, G, H, W) weight of each final group at every pixel: the product of the stages' assignment maps
         on the patch grid (soft: probabilities; hard: one-hot compositions), upsampled bilinearly to `size`."""
-        maps = soft[0].float().transpose(1, 2)  # (B, L, G_1)
-        for s in soft[1:]:
-            maps = maps @ s.float().transpose(1, 2)  # (B, L, G_i)
-        B, L, G = maps.shape
-        grid = maps.transpose(1, 2).reshape(B, G, self.grid, self.grid)
+        maps = compose([s.float() for s in soft])  # (B, G, L)
+        B, G, L = maps.shape
+        grid = maps.reshape(B, G, self.grid, self.grid)
         return F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
+
+
+def compose(maps: list[torch.Tensor]) -> torch.Tensor:
+    """The stages' assignments, each (B, G_i, G_{i-1}) with patches as G_0, multiplied: (B, G_last, L), the
+    weight of every final group at every patch (one-hot where the maps are hard)."""
+    composed = maps[0]
+    for m in maps[1:]:
+        composed = m @ composed
+    return composed
 
 
 def _conv_stem(width: int, patch: int) -> nn.Sequential:

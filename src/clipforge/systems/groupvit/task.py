@@ -24,7 +24,7 @@ from ...losses import clip_loss
 from ...settings import setting
 from ...train.task import Task
 from ...transforms import ImageTransform
-from .model import GroupViT
+from .model import GroupViT, compose
 
 
 @dataclass(frozen=True)
@@ -51,12 +51,28 @@ class GroupViTOptions:
         "instead of collapsing into a few",
     )
 
+    affinity_weight: float = setting(
+        0.0,
+        help="weight of the pairwise colour affinity term (clipforge's, not the paper's; 0: off): neighbouring "
+        "patches of like colour are pulled into the same final group and unlike ones apart (BoxInst's colour "
+        "affinity, on the composed hard assignments); images only, no mask",
+    )
+    affinity_sigma: float = setting(
+        0.1, help="colour distance (RGB in [0, 1]) at which two patches' affinity falls to exp(-1/2)"
+    )
+
     def __post_init__(self) -> None:
-        weights = (self.multi_label, self.multi_label_weight, self.segment_loss_weight, self.group_balance_weight)
+        weights = (
+            self.multi_label, self.multi_label_weight, self.segment_loss_weight, self.group_balance_weight,
+            self.affinity_weight,
+        )  # fmt: skip
         if min(weights) < 0:
             raise ConfigError(
-                "multi_label, multi_label_weight, segment_loss_weight and group_balance_weight cannot be negative"
+                "multi_label, multi_label_weight, segment_loss_weight, group_balance_weight and affinity_weight "
+                "cannot be negative"
             )
+        if self.affinity_sigma <= 0:
+            raise ConfigError(f"affinity_sigma must be positive, got {self.affinity_sigma}")
         if self.prompt.count("{}") != 1:
             raise ConfigError(f"prompt needs exactly one '{{}}' for the noun, got {self.prompt!r}")
 
@@ -152,9 +168,12 @@ class GroupViTTask(Task):
         """Normalised pooled image (B, E), caption (B, E) and prompt (B, K, E) embeddings and the scales."""
         inner = getattr(model, "module", model)
         out = {"ml_scale": inner.multi_label_scale()}
-        if self.options.segment_loss_weight > 0 or self.options.group_balance_weight > 0:
+        o = self.options
+        if o.segment_loss_weight > 0 or o.group_balance_weight > 0 or o.affinity_weight > 0:
             pooled, segments, hard = model(batch["images"], segments=True)
             out["assignments"] = hard
+            if o.affinity_weight > 0:
+                out["affinity"] = patch_affinity(batch["images"], inner.config, o.affinity_sigma)
             if "nouns" in batch:
                 out["segments"] = F.normalize(segments.float(), dim=-1)
                 out["noun_presence"] = batch["noun_presence"].to(segments.device)
@@ -199,6 +218,9 @@ class GroupViTTask(Task):
             losses.update(segment_losses(outputs, self.options.segment_loss_weight))
         if "assignments" in outputs and self.options.group_balance_weight > 0:
             losses["group_balance"] = self.options.group_balance_weight * group_balance(outputs["assignments"])
+        if "affinity" in outputs:
+            affinity = affinity_loss(outputs["assignments"], outputs["affinity"])
+            losses["affinity"] = self.options.affinity_weight * affinity
         return losses
 
     def after_step(self, model: GroupViT) -> None:
@@ -220,7 +242,8 @@ def segment_losses(outputs: dict[str, torch.Tensor], weight: float) -> dict[str,
     where several images name the noun their positives share the softmax (the loss cannot go below log of
     their count), and a second segment of a named shape (a split shape, a second circle) is pushed off it
     like the background. Empty groups (no token falls into them) take part like any other: leaving them
-    out let the model put every token of an image into one group (study mIoU 0.086 against 0.214).
+    out let the model put every token of an image into one group (study mIoU 0.086 against 0.214; so did
+    only keeping them from being positives, with the affinity term at 0.2).
     `segment_background` (when the model learns a background embedding): each segment of an image that
     names a noun classified over [the batch's nouns, background], target its noun where it is that noun's
     positive (the later noun where two chose it) and background elsewhere (only images that name a noun
@@ -263,3 +286,48 @@ def group_balance(assignments: tuple[torch.Tensor, ...]) -> torch.Tensor:
         entropy = -(q * q.clamp(min=1 / s.shape[2]).log()).sum(dim=1)
         terms.append(np.log(s.shape[1]) - entropy)
     return torch.stack(terms).mean(dim=0).mean()
+
+
+def patch_affinity(images: torch.Tensor, config: Any, sigma: float) -> torch.Tensor:
+    """(B, 3, S, S) preprocessed images -> (B, 4, g, g) colour affinity of each patch with its right, lower,
+    lower-right and lower-left neighbour on the g x g patch grid: exp(-d^2 / 2 sigma^2) of the distance d of
+    the two patches' mean RGB colours in [0, 1] (the last column/row, where a neighbour is missing, is 0)."""
+    p = config.preprocess
+    mean = torch.tensor(p.mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(p.std, device=images.device).view(1, 3, 1, 1)
+    with torch.no_grad():
+        colour = F.avg_pool2d(images.float() * std + mean, config.patch_size)  # (B, 3, g, g)
+        pairs = torch.zeros(images.shape[0], 4, *colour.shape[-2:], device=images.device)
+        for k, (a, b) in enumerate(_neighbours(colour)):
+            d2 = (a - b).pow(2).sum(dim=1)
+            pairs[:, k, : d2.shape[1], : d2.shape[2]] = torch.exp(-d2 / (2 * sigma**2))
+    return pairs
+
+
+def _neighbours(x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(B, C, g, g) -> the 4 (patch, neighbour) pairs of views: right, lower, lower-right, lower-left (the
+    lower-left pair's views start one column in, so both align at column 0 of the returned map)."""
+    return [
+        (x[..., :, :-1], x[..., :, 1:]),
+        (x[..., :-1, :], x[..., 1:, :]),
+        (x[..., :-1, :-1], x[..., 1:, 1:]),
+        (x[..., :-1, 1:], x[..., 1:, :-1]),
+    ]
+
+
+def affinity_loss(assignments: tuple[torch.Tensor, ...], affinity: torch.Tensor) -> torch.Tensor:
+    """Expected disagreement with the colour affinity: the stages' (straight-through hard) assignments composed
+    (patch -> final group), S = the chance two neighbours share a final group; each pair costs a (1 - S) +
+    (1 - a) S for its affinity a. Linear in S, so the one-hot forward values are fine and the gradient reaches
+    the assignment logits through the straight-through soft part."""
+    composed = compose([h.float() for h in assignments])
+    B, G, L = composed.shape
+    g = affinity.shape[-1]
+    z = composed.view(B, G, g, g)
+    total, count = composed.new_zeros(()), 0
+    for k, (a, b) in enumerate(_neighbours(z)):
+        same = (a * b).sum(dim=1)  # (B, g', g'')
+        aff = affinity[:, k, : same.shape[1], : same.shape[2]]
+        total = total + (aff * (1 - same) + (1 - aff) * same).sum()
+        count += same.numel()
+    return total / count
