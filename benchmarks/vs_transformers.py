@@ -94,7 +94,7 @@ def batch(size: int, image_size: int, rng: random.Random):
 def train_step_fn(side: str, model, opt):
     def step(images, tokens, mask):
         if side.endswith("+compile"):  # compiled training pads captions to a multiple of 16 (exact)
-            tokens = F.pad(tokens, (0, -tokens.shape[1] % 16))
+            tokens = F.pad(tokens, (0, min(-tokens.shape[1] % 16, 77 - tokens.shape[1])))
         if side != "transformers":
             out = model(images, tokens)
             loss = clipforge.clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)

@@ -194,8 +194,18 @@ def test_colour_affinity_pulls_like_patches_together_and_unlike_ones_apart():
     logits = torch.randn(1, 4, 16, requires_grad=True)
     first = GroupingBlock(8, 1, 4, 4, 1.0, 1.0).train().assign(logits)
     second = F.one_hot(torch.tensor([0, 0, 1, 1]), 2).T[None].float()  # 4 groups -> 2
-    affinity_loss((first, second), a).backward()
+    loss = affinity_loss((first, second), a)
+    loss.backward()
     assert logits.grad.abs().sum() > 0
+    # noise-free assignments: gradient descent on the logits through them brings the term down
+    block = GroupingBlock(8, 1, 4, 4, 1.0, 1.0).eval()
+    logits = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    start = affinity_loss((block.assign(logits), second), a).item()
+    for _ in range(20):
+        (grad,) = torch.autograd.grad(affinity_loss((block.assign(logits), second), a), logits)
+        with torch.no_grad():
+            logits -= 50 * grad
+    assert affinity_loss((block.assign(logits), second), a).item() < 0.5 * start
 
 
 def test_segment_loss_trains_through_the_task_and_the_learned_background_decides():
@@ -215,6 +225,7 @@ def test_segment_loss_trains_through_the_task_and_the_learned_background_decides
     assert batch["nouns"].shape[0] == len({w for ws in words for w in ws}) and batch["noun_presence"].shape[0] == 8
     losses = task.loss(task.forward(model.train(), batch))
     assert {"segment_nouns", "segment_background", "group_balance", "affinity"} <= set(losses)
+    assert 0 < losses["affinity"].item() < 0.5  # weight 0.5 x an expected disagreement in [0, 1]
     sum(losses.values()).backward()
     assert model.background_embedding.grad is not None and model.background_embedding.grad.abs().sum() > 0
     # inference: a segment whose nearest embedding is the learned background is background at any threshold

@@ -112,11 +112,12 @@ def test_caption_padding_to_a_multiple_is_exact():
     ds, _ = build_dataset("synthetic:n=16", clipforge.image_transform(32), 32)
     items = [ds[i] for i in range(16)]
     trimmed, padded = ImageTextCollate()(items)["tokens"], ImageTextCollate(multiple=16)(items)["tokens"]
-    assert padded.shape[1] % 16 == 0 and 0 < padded.shape[1] - trimmed.shape[1] < 16
+    assert padded.shape[1] == min(77, -(-trimmed.shape[1] // 16) * 16) and padded.shape[1] % 16 == 0
     assert (padded[:, : trimmed.shape[1]] == trimmed).all() and (padded[:, trimmed.shape[1] :] == 0).all()
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(padded), model.encode_text(trimmed), atol=1e-5, rtol=1e-5)
-    assert ImageTextCollate(context_length=20, multiple=16)(items)["tokens"].shape[1] <= 20
+    short = ImageTextCollate(context_length=20, multiple=16)(items)["tokens"]  # 17-20 tokens: not rounded to 32
+    assert trimmed.shape[1] > 16 and short.shape[1] == 20
 
 
 def test_exact_gradient_accumulation():

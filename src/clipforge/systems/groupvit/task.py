@@ -54,8 +54,8 @@ class GroupViTOptions:
     affinity_weight: float = setting(
         0.0,
         help="weight of the pairwise colour affinity term (clipforge's, not the paper's; 0: off): neighbouring "
-        "patches of like colour are pulled into the same final group and unlike ones apart (BoxInst's colour "
-        "affinity, on the composed hard assignments); images only, no mask",
+        "patches of like colour are pulled into the same final group and unlike ones apart (a BoxInst-style colour "
+        "affinity with a Potts cost, on the composed hard assignments); images only, no mask",
     )
     affinity_sigma: float = setting(
         0.1, help="colour distance (RGB in [0, 1]) at which two patches' affinity falls to exp(-1/2)"
