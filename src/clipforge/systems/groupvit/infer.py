@@ -47,6 +47,31 @@ def class_embeddings(model: GroupViT, classes: Sequence[str], templates: str | N
 @torch.no_grad()
 def group_labels(model: GroupViT, images: torch.Tensor, classes: torch.Tensor, threshold: float) -> GroupLabels:
     """Label every pixel of (B, 3, S, S) preprocessed images; `classes` (N-1, E) excludes the background."""
+    return group_predictions(model, images, classes).labelled(threshold)
+
+
+@dataclass
+class GroupPredictions:
+    """One forward's groups and class probabilities, to be thresholded (`labelled`) any number of times."""
+
+    groups: torch.Tensor  # (B, S, S) each pixel's final group
+    group_probs: torch.Tensor  # (B, G, N-1) each group's class probabilities
+    is_background: torch.Tensor  # (B, G) groups the learned background takes (all False without one)
+    image_probs: torch.Tensor  # (B, N-1) the pooled image's class probabilities
+
+    def labelled(self, threshold: float) -> GroupLabels:
+        """Background where a group's best class is under `threshold` (but the threshold never takes every
+        group of an image; a learned background may: a photo of none of the classes) or the learned
+        background takes it; otherwise the group's best class (1-based)."""
+        best, cls = self.group_probs.max(dim=-1)  # (B, G)
+        cut = torch.minimum(torch.full_like(best[:, :1], threshold), best.max(dim=1, keepdim=True).values)
+        group_label = torch.where((best < cut) | self.is_background, torch.zeros_like(cls), cls + 1)  # (B, G)
+        labels = group_label.gather(1, self.groups.flatten(1)).view_as(self.groups)
+        return GroupLabels(labels.cpu(), self.groups.cpu(), self.group_probs.cpu(), self.image_probs.cpu())
+
+
+def group_predictions(model: GroupViT, images: torch.Tensor, classes: torch.Tensor) -> GroupPredictions:
+    """The forward half of `group_labels`: pixel groups and group/image class probabilities."""
     model.eval()
     out = model.image_groups(images.to(next(model.parameters()).device))
     scale = model.scale().float()
@@ -61,14 +86,7 @@ def group_labels(model: GroupViT, images: torch.Tensor, classes: torch.Tensor, t
         is_background = torch.zeros(group_probs.shape[:2], dtype=torch.bool, device=group_probs.device)
     image_probs = (scale * F.normalize(out.pooled.float(), dim=-1) @ classes.T).softmax(dim=-1)  # (B, N-1)
     maps = model.pixel_groups(out.hard if model.config.maps == "hard" else out.soft, images.shape[-2:])
-    groups = maps.argmax(dim=1)  # (B, S, S)
-    best, cls = group_probs.max(dim=-1)  # (B, G)
-    # background where the group's best class is under the threshold, but the threshold never takes every
-    # group of an image (a learned background may: a photo of none of the classes)
-    cut = torch.minimum(torch.full_like(best[:, :1], threshold), best.max(dim=1, keepdim=True).values)
-    group_label = torch.where((best < cut) | is_background, torch.zeros_like(cls), cls + 1)  # (B, G)
-    labels = group_label.gather(1, groups.flatten(1)).view_as(groups)
-    return GroupLabels(labels.cpu(), groups.cpu(), group_probs.cpu(), image_probs.cpu())
+    return GroupPredictions(maps.argmax(dim=1), group_probs, is_background, image_probs)
 
 
 def segment(
