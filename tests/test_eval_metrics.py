@@ -110,3 +110,16 @@ def test_debiased_classifier_removes_the_nuisance_directions():
     assert (diff @ fixed.projection).abs().max() < 1e-6
     assert torch.allclose(shape_axes @ fixed.projection, shape_axes, atol=1e-6)
     assert torch.allclose(fixed.weights.norm(dim=-1), torch.ones(3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: features on the CPU, classifier on the GPU")
+def test_classifier_built_on_the_gpu_scores_cpu_features():
+    # image_features() returns CPU tensors while zero_shot_classifier() keeps the model's device: the
+    # quickstart mixes the two (it failed on a GPU before the classifier followed the features' device)
+    model = clipforge.create_model("tiny-vit", seed=0).eval().cuda()
+    clf = zero_shot_classifier(model, ["cat", "dog"], ["a photo of a {}."])
+    colours = zero_shot_classifier(model, ["red", "blue"], ["a photo of a {}."])
+    feats = torch.stack([clf.weights[1].cpu() * 3, clf.weights[0].cpu()])
+    assert clf.logits(feats).device.type == "cpu"
+    assert clf.logits(feats).argmax(1).tolist() == [1, 0]
+    assert clf.debiased(colours).logits(feats).device.type == "cpu"

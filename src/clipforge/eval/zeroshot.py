@@ -75,11 +75,13 @@ class ZeroShotClassifier:
     projection: torch.Tensor | None = None  # (E, E) applied to image embeddings first (see `debiased`)
 
     def logits(self, image_features: torch.Tensor) -> torch.Tensor:
-        """(N, C) scaled cosine similarities of (unnormalised) image embeddings to each class."""
+        """(N, C) scaled cosine similarities of (unnormalised) image embeddings to each class, on the
+        features' device (the class embeddings move there: features are often kept on the CPU while the
+        classifier was built on the model's GPU)."""
         feats = image_features.float()
         if self.projection is not None:
-            feats = feats @ self.projection
-        return self.scale * F.normalize(feats, dim=-1) @ self.weights.T
+            feats = feats @ self.projection.to(feats.device)
+        return self.scale * F.normalize(feats, dim=-1) @ self.weights.to(feats.device).T
 
     def debiased(self, nuisance: ZeroShotClassifier) -> ZeroShotClassifier:
         """This classifier with the directions that separate `nuisance`'s classes projected out of the
