@@ -25,7 +25,7 @@ GPU_DEFAULTS = [
     "--embed-batch",
     "512",
     "--steps",
-    "10",
+    "30",
     "--loss-steps",
     "20",
     "--optimizer",

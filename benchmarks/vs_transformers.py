@@ -6,9 +6,10 @@ machine's matmul peak measured in the same run.
 The sides alternate round by round (A B, then B A, ...): each round times `--steps` steps of every side
 back to back, so the machine's speed drifts (2x within minutes on shared machines) hit both sides alike.
 Each side's median and spread over the rounds is printed, and the median of the per-round ratios. The
-matmul peak (n = 2048) is measured before the first round and after each one; MFU uses its median and
-counts the FLOPs of the standard computation, transformers' (every token through every block), for
-both sides, so it is proportional to throughput.
+matmul peak (n = 2048 on a CPU, 8192 on a GPU) is measured before the first round and after each one;
+MFU uses its median and counts the FLOPs of the standard computation, transformers' (every token through
+every block), for both sides, so it is proportional to throughput. On a GPU each side's step memory is
+also printed: the most one steady step allocates above what was resident before it.
 
     python benchmarks/vs_transformers.py --model ViT-B-32 --batch 32 --rounds 5
     python benchmarks/vs_transformers.py --model small-vit --batch 64 --cases train,image,text
@@ -53,9 +54,15 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+def peak_size() -> int:
+    """The matrix size the matmul peak is measured at: 2048 on a CPU, 8192 on a GPU."""
+    return 8192 if DEVICE.type == "cuda" else 2048
+
+
+def matmul_peak(dtype: torch.dtype, reps: int = 5) -> float:
+    n = peak_size()
     if DEVICE.type == "cuda":
-        n, reps = 8192, 20
+        reps = 20
     a, b = torch.randn(n, n, dtype=dtype, device=DEVICE), torch.randn(n, n, dtype=dtype, device=DEVICE)
     a @ b
     sync()
@@ -124,6 +131,18 @@ def timed(fn, data, warmup: int, steps: int, bf16: bool) -> tuple[float, list[fl
             losses.append(out)
     sync()
     return (time.perf_counter() - start) / steps, [float(x) for x in losses]
+
+
+def step_memory(fn, data, bf16: bool) -> float | None:
+    """On a GPU: the most memory one steady step allocates above what was resident before it (activations,
+    gradients and workspace; weights and optimiser state are resident already), in bytes. None on a CPU."""
+    if DEVICE.type != "cuda":
+        return None
+    sync()
+    torch.cuda.reset_peak_memory_stats(DEVICE)
+    before = torch.cuda.memory_allocated(DEVICE)
+    timed(fn, data, 0, 1, bf16)
+    return float(torch.cuda.max_memory_allocated(DEVICE) - before)
 
 
 def count_flops(fn, data, bf16: bool) -> float:
@@ -195,6 +214,7 @@ def main() -> None:
         # one model, optimiser and function per side and case, built once; the rounds then alternate
         fns: dict = {}
         nominal: dict = {}
+        memory: dict = {}
         for side in sides:
             ours, theirs = build(args.model)
             model = (theirs if side == "transformers" else ours).train()
@@ -228,6 +248,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 timed(fn, d, len(d) - 1, 1, bf16)  # warm-up (and compilation) on every batch, outside the rounds
                 print(f"  {side} {case}: warm-up on {len(d)} batches (compilation) {time.perf_counter() - t0:.1f} s")
+                memory[(side, case)] = step_memory(fn, d, bf16)
         per_round: dict = {(side, case): [] for side in sides for case in cases}
         peaks = [matmul_peak(dtype)]
         for r in range(args.rounds):
@@ -240,7 +261,7 @@ def main() -> None:
             peaks.append(matmul_peak(dtype))
         peak = statistics.median(peaks)
         print(
-            f"\n{precision}: {args.rounds} rounds x {args.steps} steps per side; matmul peak (n=2048) median "
+            f"\n{precision}: {args.rounds} rounds x {args.steps} steps per side; matmul peak (n={peak_size()}) median "
             f"{peak / 1e12:.2f} TFLOP/s (min {min(peaks) / 1e12:.2f}, max {max(peaks) / 1e12:.2f}) over "
             f"{len(peaks)} measurements between the rounds"
         )
@@ -249,7 +270,9 @@ def main() -> None:
             for side in sides:
                 v = per_round[(side, case)]
                 mfu = nominal[case] / (fns[side][case][2] / statistics.median(v)) / peak
-                print(f"  {case:<5} {side:<18} {_stats(v)} {unit[case]}  (MFU {mfu:.1%})")
+                mem = memory[(side, case)]
+                mem = "" if mem is None else f", step memory {mem / 2**30:.2f} GiB"
+                print(f"  {case:<5} {side:<18} {_stats(v)} {unit[case]}  (MFU {mfu:.1%}{mem})")
             base = per_round[("transformers", case)]
             for side in sides[1:]:
                 ratios = [a / b for a, b in zip(per_round[(side, case)], base)]
