@@ -65,7 +65,12 @@ def _worker(rank: int, init_file: str, kind: str, out: str) -> None:
     else:
         loss = clip_loss(image, text, scale, gather=True, local_loss=(kind == "local"))
     loss.backward()
-    torch.save({"loss": loss.detach(), "image": image.grad, "text": text.grad, "scale": scale.grad}, f"{out}.{rank}")
+    from clipforge.distributed import any_across_ranks, collective_device
+
+    # the trainer's collective decisions (checkpoint now?): one rank's True reaches every rank
+    flags = torch.tensor([any_across_ranks(rank == 1), any_across_ranks(False), collective_device().type == "cpu"])
+    result = {"loss": loss.detach(), "image": image.grad, "text": text.grad, "scale": scale.grad, "flags": flags}
+    torch.save(result, f"{out}.{rank}")
     dist.destroy_process_group()
 
 
@@ -85,6 +90,7 @@ def test_two_process_gloo_matches_single_process(tmp_path, kind):
     for r, got in enumerate(res):
         torch.testing.assert_close(got["image"] / WORLD, g_image[r * n : (r + 1) * n], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(got["text"] / WORLD, g_text[r * n : (r + 1) * n], atol=1e-6, rtol=1e-5)
+    assert all(r["flags"].tolist() == [True, False, True] for r in res)  # gloo's collectives take CPU tensors
     mean_scale_grad = torch.stack([r["scale"] for r in res]).mean()
     torch.testing.assert_close(mean_scale_grad, g_scale, atol=1e-6, rtol=1e-5)
 

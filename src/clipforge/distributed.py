@@ -62,6 +62,14 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return rank(), world_size(), torch.device("cuda", local_rank) if cuda else torch.device("cpu")
 
 
+def collective_device() -> torch.device:
+    """Where a tensor made for a collective must live: this rank's GPU under NCCL (which takes no CPU
+    tensors), else the CPU."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def mean_across_ranks(x: torch.Tensor) -> torch.Tensor:
     """Mean of a scalar over ranks (itself when not distributed)."""
     if not is_distributed():
@@ -75,7 +83,7 @@ def any_across_ranks(flag: bool) -> bool:
     """True on every rank if it is True on any (keeps collective decisions in step)."""
     if not is_distributed():
         return flag
-    t = torch.tensor(float(flag))
+    t = torch.tensor(float(flag), device=collective_device())
     dist.all_reduce(t)
     return bool(t.item() > 0)
 

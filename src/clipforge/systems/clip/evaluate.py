@@ -29,7 +29,7 @@ def zeroshot(
     CLIP_benchmark's names `acc1`, `acc5`)."""
     clf = zero_shot_classifier(model, ds.classnames, templates)
     feats = image_features(model, ds, batch_size=batch_size) if feats is None else feats
-    logits = clf.logits(feats)
+    logits = clf.logits(feats).cpu()  # features passed in may live on a GPU
     labels = torch.tensor(ds.labels)
     out = topk_accuracy(logits, labels, (1, 5))
     out["mean_per_class_recall"] = mean_per_class_recall(logits.argmax(1), labels, len(ds.classnames))
