@@ -5,6 +5,7 @@ and the study's report."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -15,10 +16,11 @@ from PIL import Image
 import clipforge
 from clipforge.cli import main
 from clipforge.data.synthetic import SyntheticWorld
+from clipforge.errors import ConfigError
 from clipforge.registry import get_system
 from clipforge.systems.groupvit import GroupViT, GroupViTOptions, GroupViTTask
 from clipforge.systems.groupvit.model import GroupingBlock
-from clipforge.systems.groupvit.task import caption_prompts, load_nouns
+from clipforge.systems.groupvit.task import caption_phrases, caption_prompts, load_nouns
 from clipforge.train.prepare import build_model, prepare_run
 
 
@@ -116,6 +118,40 @@ def test_caption_prompts_use_the_nouns_and_pad_with_the_caption(tmp_path):
     assert len(three) == 2 and set(three) <= {"circle", "star", "cross", "square"} and len(set(three)) == 2
     (tmp_path / "nouns.txt").write_text("dog\ncat\n")
     assert caption_prompts("A Dog!", load_nouns(str(tmp_path / "nouns.txt")), 1, "{}") == ["dog"]
+
+
+def test_caption_phrases_keep_the_words_before_each_noun():
+    nouns = load_nouns("")
+    assert caption_phrases("a pink hexagon, a blue pentagon and a pink diamond", nouns) == [
+        "pink hexagon",
+        "blue pentagon",
+        "pink diamond",
+    ]
+    assert caption_phrases("a small orange hexagon to the left of a star", nouns) == ["small orange hexagon", "star"]
+    assert caption_phrases("a very small orange hexagon", nouns, modifiers=1) == ["orange hexagon"]
+    # two objects that share a noun stay apart; a repeated phrase is kept once
+    assert caption_phrases("a red circle, a blue circle and a red circle", nouns) == ["red circle", "blue circle"]
+    assert caption_phrases("three shapes: a star", nouns) == ["star"]
+    assert caption_phrases("no shapes here", nouns) == []
+
+
+@pytest.mark.parametrize("how", ["phrases", "both"])
+def test_segment_prompts_from_phrases(how):
+    run = prepare_run("groupvit", data="synthetic:n=16", settings={"segment_loss_weight": 1.0, "segment_prompts": how})
+    items = [run.dataset[i] for i in range(8)]
+    batch = run.task.collate(items)
+    nouns = load_nouns("")
+    words = [caption_phrases(c, nouns) for c in batch["captions"]]
+    if how == "both":  # the phrases, then the bare nouns not already among them
+        words = [ws + [w for w in re.findall(r"[a-z]+", c.lower()) if w in nouns and w not in ws]
+                 for ws, c in zip(words, batch["captions"])]  # fmt: skip
+        words = [list(dict.fromkeys(ws)) for ws in words]
+    vocab = sorted({p for ps in words for p in ps})
+    assert any(" " in p for p in vocab)  # some phrase carries its colour or size
+    assert batch["nouns"].shape[0] == len(vocab)
+    assert batch["noun_presence"].tolist() == [[p in ps for p in vocab] for ps in words]
+    with pytest.raises(ConfigError, match="segment_prompts"):
+        GroupViTOptions(segment_prompts="adjectives")
 
 
 def test_multi_label_loss_by_hand():

@@ -60,6 +60,12 @@ class GroupViTOptions:
     affinity_sigma: float = setting(
         0.1, help="colour distance (RGB in [0, 1]) at which two patches' affinity falls to exp(-1/2)"
     )
+    segment_prompts: str = setting(
+        "nouns",
+        help="what the segment loss puts into the prompt: nouns (the caption's bare nouns), phrases (its noun "
+        "phrases, each noun with up to two words before it: 'a photo of a red circle.'; a phrase tells apart two "
+        "objects of one image that the bare nouns cannot) or both",
+    )
 
     def __post_init__(self) -> None:
         weights = (
@@ -71,6 +77,8 @@ class GroupViTOptions:
                 "multi_label, multi_label_weight, segment_loss_weight, group_balance_weight and affinity_weight "
                 "cannot be negative"
             )
+        if self.segment_prompts not in ("nouns", "phrases", "both"):
+            raise ConfigError(f"segment_prompts must be nouns, phrases or both, got {self.segment_prompts!r}")
         if self.affinity_sigma <= 0:
             raise ConfigError(f"affinity_sigma must be positive, got {self.affinity_sigma}")
         if self.prompt.count("{}") != 1:
@@ -93,6 +101,29 @@ def load_nouns(spec: str) -> frozenset[str]:
 def caption_nouns(caption: str, nouns: frozenset[str]) -> list[str]:
     """The distinct words of `caption` that are in the noun vocabulary, in order."""
     return list(dict.fromkeys(w for w in re.findall(r"[a-z]+", caption.lower()) if w in nouns))
+
+
+# words that end a noun phrase when reading back from its noun
+_PHRASE_STOP = frozenset(
+    "a an the and or of with without on in at to from by for near next beside above below under over is are "
+    "one two three four five some this that these those its their his her".split()
+)
+
+
+def caption_phrases(caption: str, nouns: frozenset[str], modifiers: int = 2) -> list[str]:
+    """The distinct noun phrases of `caption`, in order: each noun of the vocabulary with up to `modifiers`
+    words before it, stopping at punctuation, articles, conjunctions and prepositions ("a large red circle
+    and a star" -> ["large red circle", "star"])."""
+    words = re.findall(r"[a-z]+|[^a-z\s]", caption.lower())
+    phrases = []
+    for i, w in enumerate(words):
+        if w not in nouns:
+            continue
+        j = i
+        while j > 0 and i - j < modifiers and words[j - 1].isalpha() and words[j - 1] not in _PHRASE_STOP:
+            j -= 1
+        phrases.append(" ".join(words[j : i + 1]))
+    return list(dict.fromkeys(phrases))
 
 
 def caption_prompts(caption: str, nouns: frozenset[str], k: int, template: str) -> list[str]:
@@ -131,12 +162,20 @@ class GroupViTTask(Task):
             prompts = [p for c in batch["captions"] for p in caption_prompts(c, self._nouns, k, self.options.prompt)]
             batch["prompts"] = self._tokens(prompts).reshape(len(items), k, -1)
         if self.options.segment_loss_weight:
-            found = [caption_nouns(c, self._nouns) for c in batch["captions"]]
+            found = [self._segment_words(c) for c in batch["captions"]]
             vocab = sorted({w for words in found for w in words})
             if vocab:
                 batch["nouns"] = self._tokens([self.options.prompt.format(w) for w in vocab])
                 batch["noun_presence"] = torch.tensor([[w in words for w in vocab] for words in found])
         return batch
+
+    def _segment_words(self, caption: str) -> list[str]:
+        """What the segment loss prompts with for one caption (`segment_prompts`)."""
+        how = self.options.segment_prompts
+        words = caption_phrases(caption, self._nouns) if how != "nouns" else []
+        if how != "phrases":
+            words += [w for w in caption_nouns(caption, self._nouns) if w not in words]
+        return words
 
     def _tokens(self, texts: list[str]) -> torch.Tensor:
         from ...tokenizer import get_tokenizer
