@@ -1,5 +1,5 @@
 """The training benchmark on one GPU: clipforge vs transformers' CLIPModel, ViT-B-32 at 224 px,
-bf16 autocast and fp32, reporting throughput, peak memory, MFU against the GPU's measured matmul
+bf16 autocast and fp32, reporting throughput, each side's step memory, MFU against the GPU's measured matmul
 peak, and the bf16-vs-fp32 loss check. Takes a few minutes on one H100-class GPU.
 
     python benchmarks/gpu_train.py                 # defaults below

@@ -150,6 +150,12 @@ def test_segment_prompts_from_phrases(how):
     assert any(" " in p for p in vocab)  # some phrase carries its colour or size
     assert batch["nouns"].shape[0] == len(vocab)
     assert batch["noun_presence"].tolist() == [[p in ps for p in vocab] for ps in words]
+    caption = "a red circle, a star and a blue circle"
+    expected = {
+        "phrases": ["red circle", "star", "blue circle"],
+        "both": ["red circle", "star", "blue circle", "circle"],
+    }
+    assert run.task._segment_words(caption) == expected[how]
     with pytest.raises(ConfigError, match="segment_prompts"):
         GroupViTOptions(segment_prompts="adjectives")
 

@@ -118,3 +118,31 @@ def test_chunked_loss_equals_plain_loss_and_gradients(n, chunk):
     torch.testing.assert_close(gi2, gi1, atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(gt2, gt1, atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(gs2, gs1, atol=1e-6, rtol=1e-4)
+
+
+def test_collectives_get_cuda_tensors_under_nccl(monkeypatch):
+    # NCCL refuses CPU tensors: under it the trainer's any-rank flag is made on this rank's GPU (mocked here)
+    import clipforge.distributed as D
+
+    assert D.collective_device() == torch.device("cpu")  # not distributed
+    monkeypatch.setattr(D, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda *a: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert D.collective_device() == torch.device("cuda", 3)
+    monkeypatch.setattr(dist, "get_backend", lambda *a: "gloo")
+    assert D.collective_device() == torch.device("cpu")
+
+
+def test_resume_restores_the_rng_of_only_the_gpus_there_are(monkeypatch):
+    # a checkpoint saved on 4 GPUs resumed where 2 are visible: GPUs 0 and 1 get their states, no error
+    import random
+
+    from clipforge.train.checkpoint import set_rng_state
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((int(state[0]), device)))
+    gpus = [torch.full((4,), i, dtype=torch.uint8) for i in range(4)]
+    set_rng_state({"torch": torch.get_rng_state(), "python": random.getstate(), "cuda": gpus})
+    assert restored == [(0, 0), (1, 1)]
