@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import clipforge
+from clipforge.data.loader import trim_tokens
 from clipforge.systems.clip import hf as cf_hf
 from clipforge.systems.clip.task import CLIPTask
 
@@ -47,6 +48,7 @@ def captions(n: int, rng: random.Random) -> list[str]:
 
 
 DEVICE = torch.device("cpu")
+CONTEXT = 77  # clipforge.tokenize's context length
 
 
 def sync() -> None:
@@ -92,16 +94,14 @@ def build(name: str):
 
 def batch(size: int, image_size: int, rng: random.Random):
     images = torch.randn(size, 3, image_size, image_size)
-    tokens = clipforge.tokenize(captions(size, rng), truncate=True)
-    longest = int((tokens != 0).sum(1).max())
-    tokens = tokens[:, :longest]
+    tokens = trim_tokens(clipforge.tokenize(captions(size, rng), truncate=True), CONTEXT)
     return images.to(DEVICE), tokens.to(DEVICE), (tokens != 0).long().to(DEVICE)
 
 
-def padded(batches: list, multiple: int = 16, context: int = 77) -> list:
-    """The batches with caption tokens padded to a multiple of `multiple` (at most `context`), as compiled
-    training's collate pads them (exact: nothing after end-of-text reaches the pooled output)."""
-    return [(i, F.pad(t, (0, min(-t.shape[1] % multiple, context - t.shape[1]))), m) for i, t, m in batches]
+def padded(batches: list, multiple: int = 16) -> list:
+    """The batches with caption tokens padded to a multiple of `multiple` (at most the context length), as
+    compiled training's collate pads them (exact: nothing after end-of-text reaches the pooled output)."""
+    return [(i, trim_tokens(F.pad(t, (0, CONTEXT - t.shape[1])), CONTEXT, multiple), m) for i, t, m in batches]
 
 
 def train_step_fn(side: str, model, opt):

@@ -71,6 +71,13 @@ def make_loader(
     return DataLoader(dataset, batch_sampler=sampler, **common)
 
 
+def trim_tokens(tokens: torch.Tensor, context_length: int, multiple: int = 1) -> torch.Tensor:
+    """(B, context_length) token ids cut after the longest caption's last token, that length rounded up to
+    `multiple` (at most the context length): exact for a causal text tower pooled at end-of-text."""
+    longest = int((tokens != 0).sum(dim=1).max())
+    return tokens[:, : min(context_length, -(-longest // multiple) * multiple)].contiguous()
+
+
 class ImageTextCollate:
     """Batches image-caption samples: stacks images, tokenises captions (truncating over-long ones)
     and trims tokens to the longest caption in the batch, which is exact for a causal text tower
@@ -87,11 +94,9 @@ class ImageTextCollate:
 
         captions = [it["caption"] for it in items]
         tokens = get_tokenizer()(captions, context_length=self.context_length, truncate=True)
-        longest = int((tokens != 0).sum(dim=1).max())
-        longest = min(self.context_length, -(-longest // self.multiple) * self.multiple)
         return {
             "images": torch.stack([it["image"] for it in items]),
-            "tokens": tokens[:, :longest].contiguous(),
+            "tokens": trim_tokens(tokens, self.context_length, self.multiple),
             "captions": captions,
             "skipped": sum(int(it.get("skipped", 0)) for it in items),
         }

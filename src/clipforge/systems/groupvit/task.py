@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ...data import build_dataset
-from ...data.loader import ImageTextCollate
+from ...data.loader import ImageTextCollate, trim_tokens
 from ...data.synthetic import SHAPES
 from ...distributed import is_distributed
 from ...errors import ConfigError
@@ -180,8 +180,8 @@ class GroupViTTask(Task):
     def _tokens(self, texts: list[str]) -> torch.Tensor:
         from ...tokenizer import get_tokenizer
 
-        tokens = get_tokenizer()(texts, context_length=self._collate.context_length, truncate=True)
-        return tokens[:, : int((tokens != 0).sum(dim=1).max())]
+        context = self._collate.context_length
+        return trim_tokens(get_tokenizer()(texts, context_length=context, truncate=True), context)
 
     def configure(self, model: GroupViT) -> None:
         """Freeze the text tower if asked (default: a trained one from --clip stays as it is); refuse a
