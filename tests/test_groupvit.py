@@ -317,6 +317,20 @@ def test_a_learned_background_or_local_readout_without_the_segment_loss_is_refus
         run.task.configure(run.model)  # trained by the segment loss: accepted
 
 
+def test_accumulation_is_refused_for_the_batch_level_terms_and_runs_for_the_papers_losses(tmp_path, capsys):
+    """Gradient caching splits the outputs by rows: the segment loss reads the batch's nouns as a whole, so
+    --accum-steps is refused with a message that names the term, before any step; the paper's losses run."""
+    args = ["train", "groupvit", "--data", "synthetic:n=32", "--steps", "1", "--batch-size", "8", "--workers", "0"]
+    args += ["--accum-steps", "2", "--no-progress"]
+    for setting in ("segment_loss_weight=1", "group_balance_weight=1", "affinity_weight=1"):
+        out = tmp_path / setting.split("=")[0]
+        assert main([*args, "--out", str(out), "--set", setting]) == 2
+        assert setting.split("=")[0] in capsys.readouterr().err
+        assert not (out / "checkpoints").exists()
+    assert main([*args, "--out", str(tmp_path / "paper")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 1
+
+
 def test_from_clip_takes_the_text_tower_and_locks_it():
     clip = clipforge.load("shapes")
     run = prepare_run("groupvit", data="synthetic:n=8")

@@ -95,6 +95,8 @@ class _Trainer:
         from ..data.loader import make_loader
 
         self.task, self.cfg, self.evaluate = task, cfg, evaluate
+        if cfg.accum_steps > 1:
+            task.check_accumulation()
         self.rank, self.world, self.device = D.init_distributed()
         if cfg.batch_size % (self.world * cfg.accum_steps):
             raise ClipforgeError(

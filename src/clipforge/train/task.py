@@ -60,6 +60,10 @@ class Task:
         parameter names and checkpoints do not change). Default: the whole model's forward."""
         model.forward = torch.compile(model.forward)
 
+    def check_accumulation(self) -> None:
+        """Raise ConfigError if `--accum-steps` > 1 cannot be exact for this task's losses: gradient caching
+        re-splits `forward`'s outputs by rows, so each must be per-sample (or a scalar)."""
+
     def lr_scale(self, name: str) -> float:
         """Multiplier of the learning rate of parameter `name` (1: the run's --lr)."""
         return 1.0

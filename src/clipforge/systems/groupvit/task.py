@@ -177,6 +177,18 @@ class GroupViTTask(Task):
             words += [w for w in caption_nouns(caption, self._nouns) if w not in words]
         return words
 
+    def check_accumulation(self) -> None:
+        """Gradient accumulation splits outputs by rows; the segment-level terms read the whole batch."""
+        o = self.options
+        terms = [n for n, w in (("segment_loss_weight", o.segment_loss_weight), ("group_balance_weight",
+                 o.group_balance_weight), ("affinity_weight", o.affinity_weight)) if w > 0]  # fmt: skip
+        if terms:
+            raise ConfigError(
+                f"--accum-steps > 1 cannot split {', '.join(terms)}'s terms (they read the batch's nouns and the "
+                "grouping stages' assignments as a whole): use --accum-steps 1 with a batch that fits, or set "
+                "them to 0 (the paper's losses accumulate exactly)"
+            )
+
     def _tokens(self, texts: list[str]) -> torch.Tensor:
         from ...tokenizer import get_tokenizer
 
