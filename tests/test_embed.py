@@ -116,6 +116,12 @@ def test_embed_command_and_bad_input(tmp_path, capsys):
     assert main(["embed", "--model", str(path), "--images", "synthetic:n=12", "--out", str(tmp_path / "e"),
                  "--batch-size", "5", "--workers", "0", "--no-progress"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["embedded"] == 12
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a red circle\na blue star\n")
+    assert main(["embed", "--model", str(path), "--texts", str(texts), "--out", str(tmp_path / "t"), "--compile"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["embedded"] == 2
+    assert "--compile applies to the image tower" in err  # said, not silently dropped
     with pytest.raises(ConfigError, match="image source"):
         embed_images(clipforge.create_model("tiny-rn"), str(tmp_path / "nothing.bin"), tmp_path / "x")
     assert not (tmp_path / "x").exists()  # a bad source writes nothing

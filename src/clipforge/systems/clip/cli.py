@@ -221,6 +221,10 @@ def _embed(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"{args.model} is not a CLIP model (clipforge embed needs encode_image/encode_text)")
     if args.texts:
+        if args.compile:
+            import sys
+
+            print("note: --compile applies to the image tower; the texts are embedded without it", file=sys.stderr)
         result = embed_texts(model, args.texts, args.out, precision=args.precision, dtype=args.dtype)
     else:
         result = embed_images(
