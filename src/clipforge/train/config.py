@@ -22,7 +22,11 @@ class TrainConfig:
     steps: int | None = setting(None, help="optimiser steps (or give --epochs)")
     epochs: float | None = setting(None, help="passes over a dataset of known size (converted to steps)")
     batch_size: int = setting(64, help="global batch: all ranks and all accumulation micro-batches together")
-    accum_steps: int = setting(1, help="micro-batches per step; exact for batch-coupled losses (gradient caching)")
+    accum_steps: int = setting(
+        1,
+        help="micro-batches per step; batch-coupled losses stay exact (gradient caching; BatchNorm in training mode "
+        "normalises per micro-batch)",
+    )
     lr: float = setting(5e-4, help="peak learning rate")
     weight_decay: float = setting(0.2, help="AdamW decay (not applied to gains, biases, embeddings, temperature)")
     beta1: float = setting(0.9, help="AdamW beta1")

@@ -4,7 +4,10 @@ With `accum_steps` K, the outputs of all K micro-batches are computed without gr
 loss over the whole batch is back-propagated to those cached outputs once, and each micro-batch is
 then re-run and back-propagated with its slice of the cached gradient (Gao et al. 2021). The result
 equals one big batch's gradients wherever the forward does not depend on the micro-batch (BatchNorm
-in training mode does); BatchNorm's running statistics are kept from the first pass only.
+in training mode does); BatchNorm's running statistics are kept from the first pass only. Each re-run
+starts from the random state its first pass started from, so random draws in the forward (dropout,
+Gumbel noise, sampled anchors) are the same in both passes and the gradient is that of the loss the
+first pass computed (random draws are then made per micro-batch, not for the whole batch at once).
 """
 
 from __future__ import annotations
@@ -55,8 +58,12 @@ class Stepper:
 
     def _cached(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         chunks = _split(batch, self.cfg.accum_steps)
+        states, cached = [], []
         with torch.no_grad():
-            cached = [self._forward(c) for c in chunks]
+            for c in chunks:  # the random state each micro-batch starts from, so that its re-run draws the same
+                states.append(_random_state(self.device))  # noise (Gumbel, dropout, sampled anchors)
+                cached.append(self._forward(c))
+        after = _random_state(self.device)
         leaves = {
             k: (
                 torch.cat([c[k].float() for c in cached]) if cached[0][k].ndim else cached[0][k].float()
@@ -72,6 +79,7 @@ class Stepper:
         for j, chunk in enumerate(chunks):
             ctx = no_sync() if no_sync is not None and j < len(chunks) - 1 else contextlib.nullcontext()
             with ctx:
+                _set_random_state(states[j], self.device)
                 out = self._forward(chunk)
                 tensors, grads = [], []
                 for k, leaf in leaves.items():
@@ -84,7 +92,19 @@ class Stepper:
                     torch.autograd.backward(tensors, grads)
         for buffer, value in statistics:
             buffer.copy_(value)
+        _set_random_state(after, self.device)  # as after one pass over the batch
         return {k: v.detach() for k, v in losses.items()}
+
+
+def _random_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The default generators' states that a forward on `device` draws from: the CPU's, and the GPU's."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_random_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def _batchnorm_statistics(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -178,15 +178,12 @@ class GroupViTTask(Task):
         return words
 
     def check_accumulation(self) -> None:
-        """Gradient accumulation splits outputs by rows; the segment-level terms read the whole batch."""
-        o = self.options
-        terms = [n for n, w in (("segment_loss_weight", o.segment_loss_weight), ("group_balance_weight",
-                 o.group_balance_weight), ("affinity_weight", o.affinity_weight)) if w > 0]  # fmt: skip
-        if terms:
+        """Gradient accumulation splits the outputs by rows; the segment loss's nouns are the whole batch's."""
+        if self.options.segment_loss_weight > 0:
             raise ConfigError(
-                f"--accum-steps > 1 cannot split {', '.join(terms)}'s terms (they read the batch's nouns and the "
-                "grouping stages' assignments as a whole): use --accum-steps 1 with a batch that fits, or set "
-                "them to 0 (the paper's losses accumulate exactly)"
+                "--accum-steps > 1 cannot split the segment loss (segment_loss_weight): it scores every segment "
+                "against the distinct nouns of the whole batch, which micro-batches do not share; use "
+                "--accum-steps 1 with a batch that fits, or segment_loss_weight=0"
             )
 
     def _tokens(self, texts: list[str]) -> torch.Tensor:
@@ -222,7 +219,8 @@ class GroupViTTask(Task):
         o = self.options
         if o.segment_loss_weight > 0 or o.group_balance_weight > 0 or o.affinity_weight > 0:
             pooled, segments, hard = model(batch["images"], segments=True)
-            out["assignments"] = hard
+            for i, h in enumerate(hard):  # one (B, G_i, L_i) tensor per stage: accumulation splits them by rows
+                out[f"assignment_{i}"] = h
             if o.affinity_weight > 0:
                 out["affinity"] = patch_affinity(batch["images"], inner.config, o.affinity_sigma)
             if "nouns" in batch:
@@ -267,10 +265,12 @@ class GroupViTTask(Task):
             losses["multi_label"] = self.options.multi_label_weight * 0.5 * (image_side + prompt_side)
         if "segments" in outputs and self.options.segment_loss_weight > 0:
             losses.update(segment_losses(outputs, self.options.segment_loss_weight))
-        if "assignments" in outputs and self.options.group_balance_weight > 0:
-            losses["group_balance"] = self.options.group_balance_weight * group_balance(outputs["assignments"])
+        stages = sum(k.startswith("assignment_") for k in outputs)
+        assignments = tuple(outputs[f"assignment_{i}"] for i in range(stages))
+        if assignments and self.options.group_balance_weight > 0:
+            losses["group_balance"] = self.options.group_balance_weight * group_balance(assignments)
         if "affinity" in outputs:
-            affinity = affinity_loss(outputs["assignments"], outputs["affinity"])
+            affinity = affinity_loss(assignments, outputs["affinity"])
             losses["affinity"] = self.options.affinity_weight * affinity
         return losses
 
