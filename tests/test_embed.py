@@ -118,7 +118,8 @@ def test_embed_command_and_bad_input(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["embedded"] == 12
     texts = tmp_path / "texts.txt"
     texts.write_text("a red circle\na blue star\n")
-    assert main(["embed", "--model", str(path), "--texts", str(texts), "--out", str(tmp_path / "t"), "--compile"]) == 0
+    args = ["embed", "--model", str(path), "--texts", str(texts), "--out", str(tmp_path / "t"), "--batch-size", "1"]
+    assert main([*args, "--compile"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out.strip().splitlines()[-1])["embedded"] == 2
     assert "--compile applies to the image tower" in err  # said, not silently dropped

@@ -196,7 +196,7 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     )
     src.add_argument("--texts", help="a file of texts, one per line")
     p.add_argument("--out", required=True, help="embeddings folder: img_emb/, text_emb/, metadata/ (clip-retrieval's)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None, help="rows per forward (default: 256 images, 1024 texts)")
     p.add_argument("--shard-size", type=int, default=10_000, help="rows per .npy/.parquet shard (the unit of resume)")
     p.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: half the threads)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
@@ -225,10 +225,11 @@ def _embed(args: argparse.Namespace) -> int:
             import sys
 
             print("note: --compile applies to the image tower; the texts are embedded without it", file=sys.stderr)
-        result = embed_texts(model, args.texts, args.out, precision=args.precision, dtype=args.dtype)
+        batch = {"batch_size": args.batch_size} if args.batch_size else {}
+        result = embed_texts(model, args.texts, args.out, precision=args.precision, dtype=args.dtype, **batch)
     else:
         result = embed_images(
-            model, args.images, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
+            model, args.images, args.out, batch_size=args.batch_size or 256, shard_size=args.shard_size,
             workers=args.workers, precision=args.precision, captions=not args.no_captions, dtype=args.dtype,
             progress=not args.no_progress, model_name=args.model, compile=args.compile,
         )  # fmt: skip
