@@ -203,6 +203,25 @@ def test_segment_loss_by_hand():
     assert none["segment_nouns"].item() == 0 and "segment_background" not in none
 
 
+def test_the_segment_loss_weighs_nothing_before_segment_start_yet_reaches_every_parameter():
+    """Before `segment_start` the segment loss weighs 0 but is still computed, so the learned background gets a
+    (zero) gradient on every step, as DistributedDataParallel requires; from that step on it counts."""
+    run = prepare_run("groupvit", recipe="shapes", data="synthetic:n=16", settings={"segment_start": 3})
+    model, task = run.model, run.task
+    task.configure(model)
+    task.train_mode(model)
+    batch = task.collate([run.dataset[i] for i in range(8)])
+    for step, counts in ((2, False), (3, True)):
+        model.zero_grad()
+        task.step = step
+        torch.manual_seed(0)
+        losses = task.loss(task.forward(model, batch))
+        sum(losses.values()).backward()
+        grad = model.background_embedding.grad
+        assert grad is not None and bool(grad.abs().sum() > 0) == counts
+        assert (losses["segment_nouns"].item() > 0) == counts and (losses["segment_background"].item() > 0) == counts
+
+
 def test_the_balance_term_counts_collapse():
     from clipforge.systems.groupvit.task import group_balance
 

@@ -255,6 +255,7 @@ class _Trainer:
                 batch = _next_batch(it, cfg.workers)
                 wait += time.perf_counter() - t0
                 self.skipped_samples += int(batch.get("skipped", 0))
+                self.task.step = self.step
                 losses = self.stepper(_to(batch, self.device))
                 loss, grad_norm = self._optimiser_step(losses)
                 self.step += 1

@@ -28,6 +28,7 @@ class Task:
     def __init__(self, model: nn.Module, options: Any = None) -> None:
         self.model = model
         self.options = options if options is not None else NoOptions()
+        self.step = 0  # optimiser steps done before the current one (the trainer sets it; for schedules)
 
     # --- data ---------------------------------------------------------------------------------
     def dataset(self, spec: str, seed: int = 0) -> Dataset:

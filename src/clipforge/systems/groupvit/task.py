@@ -67,15 +67,21 @@ class GroupViTOptions:
         "objects of one image that the bare nouns cannot) or both",
     )
 
+    segment_start: int = setting(
+        0,
+        help="optimiser step from which the segment loss counts (before it, it weighs 0: the paper's losses and the "
+        "other terms shape the groups and their names first; the shapes recipe starts it at 1000, halfway)",
+    )
+
     def __post_init__(self) -> None:
         weights = (
             self.multi_label, self.multi_label_weight, self.segment_loss_weight, self.group_balance_weight,
-            self.affinity_weight,
+            self.affinity_weight, self.segment_start,
         )  # fmt: skip
         if min(weights) < 0:
             raise ConfigError(
-                "multi_label, multi_label_weight, segment_loss_weight, group_balance_weight and affinity_weight "
-                "cannot be negative"
+                "multi_label, multi_label_weight, segment_loss_weight, group_balance_weight, affinity_weight and "
+                "segment_start cannot be negative"
             )
         if self.segment_prompts not in ("nouns", "phrases", "both"):
             raise ConfigError(f"segment_prompts must be nouns, phrases or both, got {self.segment_prompts!r}")
@@ -264,7 +270,10 @@ class GroupViTTask(Task):
             prompt_side = F.cross_entropy(logits.T, owner)
             losses["multi_label"] = self.options.multi_label_weight * 0.5 * (image_side + prompt_side)
         if "segments" in outputs and self.options.segment_loss_weight > 0:
-            losses.update(segment_losses(outputs, self.options.segment_loss_weight))
+            # before segment_start it weighs 0 (computed all the same, so that every parameter has a gradient
+            # on every step, as DistributedDataParallel requires)
+            on = self.step >= self.options.segment_start
+            losses.update(segment_losses(outputs, self.options.segment_loss_weight if on else 0.0))
         stages = sum(k.startswith("assignment_") for k in outputs)
         assignments = tuple(outputs[f"assignment_{i}"] for i in range(stages))
         if assignments and self.options.group_balance_weight > 0:
