@@ -220,18 +220,18 @@ def _embed(args: argparse.Namespace) -> int:
         from ...errors import ConfigError
 
         raise ConfigError(f"{args.model} is not a CLIP model (clipforge embed needs encode_image/encode_text)")
+    batch = {"batch_size": args.batch_size} if args.batch_size else {}  # else each function's own default
     if args.texts:
         if args.compile:
             import sys
 
             print("note: --compile applies to the image tower; the texts are embedded without it", file=sys.stderr)
-        batch = {"batch_size": args.batch_size} if args.batch_size else {}
         result = embed_texts(model, args.texts, args.out, precision=args.precision, dtype=args.dtype, **batch)
     else:
         result = embed_images(
-            model, args.images, args.out, batch_size=args.batch_size or 256, shard_size=args.shard_size,
-            workers=args.workers, precision=args.precision, captions=not args.no_captions, dtype=args.dtype,
-            progress=not args.no_progress, model_name=args.model, compile=args.compile,
+            model, args.images, args.out, shard_size=args.shard_size, workers=args.workers,
+            precision=args.precision, captions=not args.no_captions, dtype=args.dtype,
+            progress=not args.no_progress, model_name=args.model, compile=args.compile, **batch,
         )  # fmt: skip
     print(json.dumps(result.__dict__))
     return 0

@@ -66,7 +66,6 @@ class GroupViTOptions:
         "phrases, each noun with up to two words before it: 'a photo of a red circle.'; a phrase tells apart two "
         "objects of one image that the bare nouns cannot) or both",
     )
-
     segment_start: int = setting(
         0,
         help="optimiser step from which the segment loss counts (before it, it weighs 0: the paper's losses and the "
